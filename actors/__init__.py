@@ -1,0 +1,1 @@
+"""stationd actors: one module per actor, plus the shared libraries they use (base, specs)."""

@@ -1,0 +1,1 @@
+"""stationd daemon: process entry, actor runtime (bus, mailboxes), front door, publisher, config, CLIs."""

@@ -1,0 +1,5 @@
+"""`python -m stationd.daemon ...` is `stationd ...`."""
+
+from .cli import main
+
+main()

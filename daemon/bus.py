@@ -1,0 +1,92 @@
+"""The bus: one ROUTER that forwards envelopes between actor mailboxes without decoding them.
+
+A message addressed to an actor that is not connected gets an immediate typed error back (for asks), so a dead
+recipient never makes an asker wait for its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import zmq
+import zmq.asyncio
+from stationd.protocol.envelope import RUNTIME, Envelope, Kind
+from stationd.protocol.errors import ActorStopped, StationError, UnknownActor
+
+from .mailbox import decode_envelope, encode_body, encode_envelope
+
+__all__ = ["Bus"]
+
+_RUNTIME = RUNTIME.encode()
+
+
+class Bus:
+    """ROUTER bound to every bus endpoint (inproc for the daemon's actors, ipc/tcp for child processes)."""
+
+    def __init__(
+        self,
+        zctx: zmq.asyncio.Context,
+        endpoints: list[str],
+        *,
+        on_runtime: Callable[[bytes, Envelope], None],
+        was_started: Callable[[str], bool],
+    ) -> None:
+        self._sock = zctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown recipient -> EHOSTUNREACH, not a silent drop
+        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted process actor takes over its identity
+        self._sock.setsockopt(zmq.SNDHWM, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 0)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        for endpoint in endpoints:
+            self._sock.bind(endpoint)
+        self.endpoints = endpoints
+        self._on_runtime = on_runtime
+        self._was_started = was_started
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._route(), name="bus")
+
+    async def _route(self) -> None:
+        recv, send = self._sock.recv_multipart, self._sock.send_multipart
+        while True:
+            frames = await recv()
+            if len(frames) != 3:
+                continue  # not a mailbox: nothing on the bus sends other shapes
+            sender, recipient, raw = frames
+            if recipient == _RUNTIME:
+                self._on_runtime(sender, decode_envelope(raw))
+                continue
+            fut = send([recipient, sender, raw])
+            if fut.done() and fut.exception() is not None:
+                self._unreachable(sender, recipient.decode(errors="replace"), raw)
+
+    def _unreachable(self, sender: bytes, recipient: str, raw: bytes) -> None:
+        env = decode_envelope(raw)
+        if env.kind != Kind.ASK:
+            return  # tells to a stopped actor are dropped, as in any actor system
+        err: StationError
+        if self._was_started(recipient):
+            err = ActorStopped(f"actor {recipient!r} is not running")
+        else:
+            err = UnknownActor(f"no actor named {recipient!r}")
+        self.reply_error(sender, env.corr, err)
+
+    def reply_error(self, to: bytes, corr: int, err: StationError) -> None:
+        self._sock.send_multipart(
+            [
+                to,
+                _RUNTIME,
+                encode_envelope(Envelope(Kind.ERROR, RUNTIME, corr, body=encode_body(err.to_info()))),
+            ]
+        )
+
+    def send(self, to: str, env: Envelope) -> None:
+        """Send an envelope from the runtime itself (control messages to process actors)."""
+        self._sock.send_multipart([to.encode(), _RUNTIME, encode_envelope(env)])
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self._sock.close()

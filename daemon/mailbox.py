@@ -1,0 +1,231 @@
+"""A DEALER on the bus: sends tells, asks and replies, and pairs asks with their replies.
+
+Replies and control messages are handled by the receive task as soon as they arrive, so an actor that awaits
+an ask inside `handle` is never blocked by its own mailbox; requests (tells and asks) are passed to a callback
+(the actor cell queues them and handles them one at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+from stationd.protocol.codec import msgpack_decoder, msgpack_encoder
+from stationd.protocol.envelope import Envelope, Kind
+from stationd.protocol.errors import (
+    ActorStopped,
+    DeadlineExceeded,
+    ErrorInfo,
+    InternalError,
+    StationError,
+    error_from_code,
+)
+from stationd.protocol.runtime import ControlMessage
+
+__all__ = ["Mailbox", "Request", "decode_envelope", "encode_envelope"]
+
+_ENCODER = msgpack_encoder()
+_ENVELOPE_DECODER = msgspec.msgpack.Decoder(Envelope)
+_CONTROL_DECODER = msgpack_decoder(ControlMessage)
+_ERROR_DECODER = msgspec.msgpack.Decoder(ErrorInfo)
+_REPLY_DECODERS: dict[Any, msgspec.msgpack.Decoder] = {}
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    return _ENCODER.encode(env)
+
+
+def decode_envelope(raw: bytes) -> Envelope:
+    return _ENVELOPE_DECODER.decode(raw)
+
+
+def encode_body(msg: Any) -> msgspec.Raw:
+    return msgspec.Raw(_ENCODER.encode(msg))
+
+
+def _reply_decoder(reply_type: Any) -> msgspec.msgpack.Decoder:
+    dec = _REPLY_DECODERS.get(reply_type)
+    if dec is None:
+        dec = _REPLY_DECODERS[reply_type] = msgpack_decoder(reply_type)
+    return dec
+
+
+@dataclass(slots=True)
+class Request:
+    """A tell or an ask waiting to be handled."""
+
+    reply_to: bytes
+    """Socket identity of the sender: replies go there."""
+    envelope: Envelope
+
+
+@dataclass(slots=True)
+class _Pending:
+    recipient: str
+    future: asyncio.Future[Any]
+    reply_type: Any
+
+
+class Mailbox:
+    """One named DEALER connected to the bus router."""
+
+    def __init__(
+        self,
+        zctx: zmq.asyncio.Context,
+        bus_addr: str,
+        name: str,
+        *,
+        on_request: Callable[[Request], None],
+        on_control: Callable[[Any], None] | None = None,
+        linger_ms: int = 100,
+    ) -> None:
+        self.name = name
+        self._sock = zctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.IDENTITY, name.encode())
+        self._sock.setsockopt(zmq.SNDHWM, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 0)
+        self._sock.setsockopt(zmq.LINGER, linger_ms)
+        self._sock.connect(bus_addr)
+        self._on_request = on_request
+        self._on_control = on_control
+        self._pending: dict[int, _Pending] = {}
+        self._corr = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._receive(), name=f"mailbox:{self.name}")
+
+    # -- sending -------------------------------------------------------------------------------------------
+    def send(self, recipient: str | bytes, env: Envelope) -> None:
+        """Queue an envelope for `recipient` (an actor name or a socket identity); never blocks."""
+        if self.closed:
+            raise ActorStopped(f"mailbox {self.name!r} is closed")
+        to = recipient.encode() if isinstance(recipient, str) else recipient
+        fut = self._sock.send_multipart([to, encode_envelope(env)])
+        if fut.done() and fut.exception() is not None:
+            raise InternalError(
+                f"{self.name}: sending to {to.decode(errors='replace')} failed: {fut.exception()}"
+            )
+
+    def tell(self, to: str, msg: Any, *, user: str = "", user_group: str = "") -> None:
+        self.send(to, Envelope(Kind.TELL, self.name, body=encode_body(msg), user=user, user_group=user_group))
+
+    def control(self, to: str, msg: Any) -> None:
+        self.send(to, Envelope(Kind.CONTROL, self.name, body=encode_body(msg)))
+
+    async def ask(
+        self,
+        to: str,
+        msg: Any,
+        *,
+        timeout: float,
+        reply_type: Any = None,
+        user: str = "",
+        user_group: str = "",
+    ) -> Any:
+        """Send `msg` to `to` and await the reply; raise the typed error of a failure or of the deadline."""
+        corr = next(self._corr)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if reply_type is None:
+            reply_type = getattr(type(msg), "reply_type", Any)
+        self._pending[corr] = _Pending(to, future, reply_type)
+        try:
+            self.send(
+                to,
+                Envelope(
+                    Kind.ASK,
+                    self.name,
+                    corr,
+                    time.time() + timeout,
+                    encode_body(msg),
+                    user=user,
+                    user_group=user_group,
+                ),
+            )
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            tag = type(msg).__struct_config__.tag if isinstance(msg, msgspec.Struct) else type(msg).__name__
+            raise DeadlineExceeded(f"{to} did not answer {tag!r} within {timeout:g} s") from None
+        finally:
+            self._pending.pop(corr, None)
+
+    def reply(self, req: Request, result: Any) -> None:
+        self.send(req.reply_to, Envelope(Kind.REPLY, self.name, req.envelope.corr, body=encode_body(result)))
+
+    def reply_error(self, req: Request, err: StationError) -> None:
+        self.send(
+            req.reply_to, Envelope(Kind.ERROR, self.name, req.envelope.corr, body=encode_body(err.to_info()))
+        )
+
+    def fail_pending(self, recipient: str, err: StationError) -> None:
+        """Fail every ask still waiting for `recipient` (it stopped, so no reply will come)."""
+        for pending in self._pending.values():
+            if pending.recipient == recipient and not pending.future.done():
+                pending.future.set_exception(type(err)(err.msg))
+
+    # -- receiving -----------------------------------------------------------------------------------------
+    async def _receive(self) -> None:
+        recv = self._sock.recv_multipart
+        while True:
+            reply_to, raw = await recv()
+            env = decode_envelope(raw)
+            kind = env.kind
+            if kind == Kind.REPLY or kind == Kind.ERROR:
+                self._resolve(env)
+            elif kind == Kind.CONTROL:
+                if self._on_control is not None:
+                    self._on_control(_CONTROL_DECODER.decode(env.body))
+            else:
+                self._on_request(Request(reply_to, env))
+
+    def _resolve(self, env: Envelope) -> None:
+        pending = self._pending.get(env.corr)
+        if pending is None or pending.future.done():
+            return  # the asker gave up (deadline) before the reply came
+        try:
+            if env.kind == Kind.ERROR:
+                info = _ERROR_DECODER.decode(env.body)
+                pending.future.set_exception(error_from_code(info.code, info.msg))
+            else:
+                pending.future.set_result(_reply_decoder(pending.reply_type).decode(env.body))
+        except msgspec.DecodeError as exc:
+            pending.future.set_exception(InternalError(f"undecodable reply from {pending.recipient}: {exc}"))
+
+    def drain(self) -> list[Request]:
+        """Take the requests that reached the socket but were not received yet (used when stopping)."""
+        sync = zmq.Socket.shadow(self._sock.underlying)
+        out: list[Request] = []
+        while True:
+            try:
+                reply_to, raw = sync.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            env = decode_envelope(raw)
+            if env.kind in (Kind.TELL, Kind.ASK):
+                out.append(Request(reply_to, env))
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(
+                    ActorStopped(f"{self.name} stopped while awaiting {pending.recipient}")
+                )
+        self._sock.close()

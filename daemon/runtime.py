@@ -1,0 +1,430 @@
+"""Daemon side of the actor system: runs children in-process or in spawned processes, watches their exits and
+heartbeats, and tells their supervisor when one stops without being asked to."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq.asyncio
+from stationd.actors.specs import ActorSpec, ChildSpec, Mode, SupervisorSpec
+from stationd.actors.supervisor import Supervisor
+from stationd.protocol.envelope import RUNTIME, Envelope, Kind
+from stationd.protocol.errors import ActorFailed, ActorStopped, UnsupportedMessage
+from stationd.protocol.pubsub import LOG, LogMessage
+from stationd.protocol.runtime import (
+    ActorExited,
+    BusPing,
+    Heartbeat,
+    NodeReady,
+    PublishRequest,
+    SetLogLevel,
+    StopActor,
+)
+from stationd.protocol.supervision import ActorInfo, ActorState, ChildExited
+
+from .bus import Bus
+from .cell import ActorCell, CellContext, ExitReason, load_actor_class
+from .child import ChildLaunch
+from .mailbox import Mailbox, encode_body
+from .publisher import Publisher
+
+__all__ = ["Runtime", "RuntimeSettings"]
+
+_CONTROL_DECODER = msgspec.msgpack.Decoder(Heartbeat | NodeReady | ActorExited | PublishRequest | BusPing)
+
+
+@dataclass(slots=True)
+class RuntimeSettings:
+    """What the runtime needs to know (taken from the daemon config)."""
+
+    state_dir: Path
+    inproc_addr: str
+    ipc_addr: str
+    heartbeat_interval: float = 0.1
+    heartbeat_timeout: float = 0.45
+    start_timeout: float = 10.0
+    ask_timeout: float = 10.0
+    log_level: str = "info"
+    log_format: str = "json"
+    actor_log_levels: dict[str, str] = field(default_factory=dict)
+
+
+class _InprocChild:
+    """A child running on the daemon's event loop."""
+
+    def __init__(self, cell: ActorCell) -> None:
+        self.cell = cell
+        self.exit = cell.exit
+        self.pid: int | None = None
+
+    async def stop(self, timeout: float) -> ExitReason:
+        return await self.cell.stop(timeout)
+
+    def set_log_level(self, level: str) -> None:
+        self.cell.set_log_level(level)
+
+
+class _ProcessChild:
+    """A child running in its own spawned process, watched through its exit and its heartbeats."""
+
+    def __init__(self, runtime: Runtime, spec: ActorSpec, level: str) -> None:
+        self._runtime = runtime
+        self.spec = spec
+        self.level = level
+        self.exit: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.pid: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._last_words: ActorExited | None = None
+        self._kill_reason: ExitReason | None = None
+        self._last_beat = 0.0
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> int:
+        rt = self._runtime
+        launch = ChildLaunch(
+            spec=self.spec,
+            bus_addr=rt.settings.ipc_addr,
+            state_dir=str(rt.settings.state_dir),
+            log_level=self.level,
+            log_format=rt.settings.log_format,
+            heartbeat_interval=rt.settings.heartbeat_interval,
+            ask_timeout=rt.settings.ask_timeout,
+            sys_path=list(sys.path),
+            parent_pid=os.getpid(),
+        )
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "stationd.daemon.child", self.spec.name, stdin=asyncio.subprocess.PIPE
+        )
+        self.pid = self._proc.pid
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(msgspec.json.encode(launch))
+        await self._proc.stdin.drain()
+        self._proc.stdin.close()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._watch_exit(), name=f"exit:{self.spec.name}"))
+        try:
+            async with asyncio.timeout(rt.settings.start_timeout):
+                await asyncio.wait([self.ready, self.exit], return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            self.kill(ExitReason(f"did not start within {rt.settings.start_timeout:g} s", True))
+            await asyncio.shield(self.exit)
+        if not self.ready.done() or self.exit.done():
+            reason = self.exit.result().reason if self.exit.done() else "did not start"
+            raise ActorFailed(f"{self.spec.name} failed to start: {reason}")
+        self._last_beat = loop.time()
+        self._tasks.append(loop.create_task(self._watch_heartbeats(), name=f"heartbeat:{self.spec.name}"))
+        return self.pid
+
+    def beat(self) -> None:
+        self._last_beat = asyncio.get_running_loop().time()
+
+    def last_words(self, msg: ActorExited) -> None:
+        self._last_words = msg
+
+    def kill(self, reason: ExitReason) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._kill_reason = self._kill_reason or reason
+            self._proc.kill()
+
+    async def stop(self, timeout: float) -> ExitReason:
+        if not self.exit.done():
+            try:
+                self._runtime.bus.send(
+                    self.spec.name, Envelope(Kind.CONTROL, RUNTIME, body=encode_body(StopActor()))
+                )
+            except zmq.ZMQError:
+                pass  # not connected (any more): the kill below ends it
+            try:
+                return await asyncio.wait_for(asyncio.shield(self.exit), timeout)
+            except TimeoutError:
+                self.kill(ExitReason(f"killed after shutdown timeout {timeout:g} s", False))
+        return await self.exit
+
+    def set_log_level(self, level: str) -> None:
+        self._runtime.bus.send(
+            self.spec.name, Envelope(Kind.CONTROL, RUNTIME, body=encode_body(SetLogLevel(level)))
+        )
+
+    async def _watch_exit(self) -> None:
+        assert self._proc is not None
+        rc = await self._proc.wait()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.exit.set_result(self._exit_reason(rc))
+
+    def _exit_reason(self, rc: int) -> ExitReason:
+        if self._kill_reason is not None:
+            return self._kill_reason
+        if self._last_words is not None:
+            return ExitReason(self._last_words.reason, self._last_words.abnormal or rc != 0)
+        if rc < 0:
+            return ExitReason(f"killed by {signal.Signals(-rc).name}", True)
+        return ExitReason("stopped" if rc == 0 else f"exited with code {rc}", rc != 0)
+
+    async def _watch_heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self._runtime.settings.heartbeat_timeout
+        while True:
+            remaining = self._last_beat + timeout - loop.time()
+            if remaining <= 0:
+                self._runtime.log.warning("heartbeat_missed", actor=self.spec.name, timeout=timeout)
+                self.kill(ExitReason(f"hung: no heartbeat for {timeout:g} s, killed", True))
+                return
+            await asyncio.sleep(remaining)
+
+
+_Child = _InprocChild | _ProcessChild
+
+
+@dataclass(slots=True)
+class _Running:
+    spec: ChildSpec
+    parent: str | None
+    incarnation: int
+    child: _Child
+    stopping: bool = False
+
+
+class _SupervisorContext(CellContext):
+    """Context of a supervisor cell: it may start and stop its own children."""
+
+    def __init__(self, cell: ActorCell, runtime: Runtime) -> None:
+        super().__init__(cell, runtime.settings.state_dir, runtime.settings.ask_timeout)
+        self._runtime = runtime
+
+    async def start_child(self, spec: ChildSpec, incarnation: int) -> int | None:
+        return await self._runtime.start_child(spec, parent=self.name, incarnation=incarnation)
+
+    async def stop_child(self, name: str, timeout: float) -> str:
+        return (await self._runtime.stop_child(name, timeout)).reason
+
+
+class Runtime:
+    """Owns the bus and every running child of the tree."""
+
+    def __init__(
+        self, zctx: zmq.asyncio.Context, settings: RuntimeSettings, publisher: Publisher, log: Any
+    ) -> None:
+        self.zctx = zctx
+        self.settings = settings
+        self.publisher = publisher
+        self.log = log
+        self._running: dict[str, _Running] = {}
+        self._started_names: set[str] = set()
+        self.bus = Bus(
+            zctx,
+            [settings.inproc_addr, settings.ipc_addr],
+            on_runtime=self._on_runtime_message,
+            was_started=self._started_names.__contains__,
+        )
+        self._mailboxes: list[Mailbox] = []
+        self._pings: dict[int, asyncio.Future[None]] = {}
+        self._ping_tokens = itertools.count(1)
+        self.root_exit: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
+        self._root: str | None = None
+
+    # -- life cycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.bus.start()
+
+    async def start_root(self, spec: SupervisorSpec) -> None:
+        """Start the root supervisor (and so the whole tree); raise `ActorFailed` if it fails to start."""
+        self._root = spec.name
+        self._publish_root(spec, ActorState.STARTING)
+        await self.start_child(spec, parent=None, incarnation=1)
+        self._publish_root(spec, ActorState.RUNNING)
+
+    async def stop_root(self, timeout: float) -> ExitReason | None:
+        if self._root is None or self._root not in self._running:
+            return None
+        spec = self._running[self._root].spec
+        self._publish_root(spec, ActorState.STOPPING)
+        reason = await self.stop_child(self._root, timeout)
+        self._publish_root(spec, ActorState.STOPPED, last_exit=reason.reason)
+        return reason
+
+    async def close(self) -> None:
+        for running in reversed(list(self._running.values())):
+            running.stopping = True
+            await running.child.stop(1.0)
+        self.bus.close()
+
+    def register_mailbox(self, mailbox: Mailbox) -> None:
+        """A daemon component's mailbox: its asks to an actor that stops fail at once."""
+        self._mailboxes.append(mailbox)
+
+    # -- children ------------------------------------------------------------------------------------------
+    async def start_child(self, spec: ChildSpec, *, parent: str | None, incarnation: int) -> int | None:
+        if spec.name in self._running:
+            raise ActorFailed(f"an actor named {spec.name!r} is already running")
+        level = self._level_for(spec)
+        child: _Child
+        if isinstance(spec, SupervisorSpec) or spec.mode == Mode.INPROC:
+            cell = self._make_cell(spec, level)
+            child = _InprocChild(cell)
+            self._started_names.add(spec.name)
+            self._running[spec.name] = _Running(spec, parent, incarnation, child)
+            try:
+                await cell.start()
+            except BaseException:
+                self._running.pop(spec.name, None)
+                raise
+        else:
+            child = _ProcessChild(self, spec, level)
+            self._started_names.add(spec.name)
+            self._running[spec.name] = _Running(spec, parent, incarnation, child)
+            try:
+                await child.start()
+            except BaseException:
+                self._running.pop(spec.name, None)
+                raise
+        child.exit.add_done_callback(
+            lambda fut, n=spec.name, i=incarnation: self._on_exit(n, i, fut.result())
+        )
+        return child.pid
+
+    async def stop_child(self, name: str, timeout: float) -> ExitReason:
+        running = self._running.get(name)
+        if running is None:
+            return ExitReason("not running", False)
+        running.stopping = True
+        return await running.child.stop(timeout)
+
+    def set_log_levels(self, default: str, per_actor: dict[str, str]) -> None:
+        """Apply reloaded log levels to every running actor (SIGHUP)."""
+        self.settings.actor_log_levels.clear()
+        self.settings.actor_log_levels.update(per_actor)
+        self.settings.log_level = default
+        for name, running in self._running.items():
+            running.child.set_log_level(self._level_for(running.spec))
+            self.log.debug("log_level_set", target=name)
+
+    def running_pids(self) -> dict[str, int]:
+        return {n: r.child.pid for n, r in self._running.items() if r.child.pid is not None}
+
+    async def bus_round_trip(self, timeout: float) -> bool:
+        """Send a ping through the router and await it: proves the bus routes messages."""
+        token = next(self._ping_tokens)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pings[token] = fut
+        probe = Mailbox(self.zctx, self.settings.inproc_addr, f"_ping{token}", on_request=lambda _r: None)
+        try:
+            probe.control(RUNTIME, BusPing(token))
+            async with asyncio.timeout(timeout):
+                await fut
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._pings.pop(token, None)
+            await probe.close()
+
+    # -- internals -----------------------------------------------------------------------------------------
+    def _level_for(self, spec: ChildSpec) -> str:
+        per_actor = self.settings.actor_log_levels.get(spec.name)
+        own = spec.log_level if isinstance(spec, ActorSpec) else None
+        return per_actor or own or self.settings.log_level
+
+    def _make_cell(self, spec: ChildSpec, level: str) -> ActorCell:
+        factory: Callable[[ActorCell], CellContext] | None = None
+        if isinstance(spec, SupervisorSpec):
+            actor_cls: type = Supervisor
+            options: Any = spec
+            factory = functools.partial(_SupervisorContext, runtime=self)
+        else:
+            actor_cls, options = load_actor_class(spec.actor), spec.options
+        return ActorCell(
+            name=spec.name,
+            actor_cls=actor_cls,
+            options=options,
+            zctx=self.zctx,
+            bus_addr=self.settings.inproc_addr,
+            state_dir=self.settings.state_dir,
+            log_level=level,
+            publish_event=self.publisher.publish_event,
+            publish_topic=self.publisher.publish_mapping,
+            ask_timeout=self.settings.ask_timeout,
+            context_factory=factory,
+        )
+
+    def _on_exit(self, name: str, incarnation: int, reason: ExitReason) -> None:
+        running = self._running.get(name)
+        if running is None or running.incarnation != incarnation:
+            return
+        del self._running[name]
+        stopped = ActorStopped(f"{name} stopped: {reason.reason}")
+        for mailbox in self._mailboxes:
+            mailbox.fail_pending(name, stopped)
+        for other in self._running.values():
+            if isinstance(other.child, _InprocChild):
+                other.child.cell.mailbox.fail_pending(name, stopped)
+        if running.stopping:
+            return
+        if running.parent is None:
+            if not self.root_exit.done():
+                self.root_exit.set_result(reason)
+            return
+        msg = ChildExited(child=name, incarnation=incarnation, reason=reason.reason, abnormal=reason.abnormal)
+        self.bus.send(running.parent, Envelope(Kind.TELL, RUNTIME, body=encode_body(msg)))
+
+    def _on_runtime_message(self, sender: bytes, env: Envelope) -> None:
+        if env.kind != Kind.CONTROL:
+            if env.kind == Kind.ASK:
+                self.bus.reply_error(sender, env.corr, UnsupportedMessage("the runtime answers no asks"))
+            return
+        msg = _CONTROL_DECODER.decode(env.body)
+        match msg:
+            case Heartbeat(actor=actor):
+                child = self._process_child(actor)
+                if child is not None:
+                    child.beat()
+            case NodeReady(actor=actor, pid=pid):
+                child = self._process_child(actor)
+                if child is not None and not child.ready.done():
+                    child.ready.set_result(pid)
+            case ActorExited(actor=actor):
+                child = self._process_child(actor)
+                if child is not None:
+                    child.last_words(msg)
+            case PublishRequest(topic=topic, payload=payload):
+                if topic == LOG:
+                    self.publisher.publish_log(msgspec.convert(payload, LogMessage))
+                else:
+                    self.publisher.publish_mapping(topic, payload)
+            case BusPing(token=token):
+                fut = self._pings.get(token)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    def _process_child(self, name: str) -> _ProcessChild | None:
+        running = self._running.get(name)
+        if running is not None and isinstance(running.child, _ProcessChild):
+            return running.child
+        return None
+
+    def _publish_root(self, spec: SupervisorSpec, state: ActorState, last_exit: str | None = None) -> None:
+        info = ActorInfo(
+            name=spec.name,
+            parent=None,
+            kind="supervisor",
+            mode=Mode.INPROC,
+            state=state,
+            pid=os.getpid(),
+            restart_type=spec.restart,
+            last_exit=last_exit,
+            since=time.time(),
+        )
+        self.publisher.publish_event("daemon", "child_state", info)

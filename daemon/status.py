@@ -1,0 +1,82 @@
+"""The status snapshot: kept current from supervision events, answered by `status`, published on QS_Info."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from stationd.protocol.pubsub import EventMessage
+from stationd.protocol.supervision import ActorInfo
+from stationd.protocol.system import Status
+from stationd.protocol.version import PROTOCOL_VERSION, VERSION
+
+from .publisher import Publisher
+
+__all__ = ["StatusBoard"]
+
+
+class StatusBoard:
+    """Holds what `status` reports; every change gets a new `status_uid` and is published on QS_Info."""
+
+    def __init__(self, publisher: Publisher, *, publish_period: float = 1.0) -> None:
+        self._publisher = publisher
+        self._publish_period = publish_period
+        self._actors: dict[str, ActorInfo] = {}
+        self._publish_scheduled = False
+        self.started_at = time.time()
+        self.daemon_state = "starting"
+        self.status_uid = str(uuid.uuid4())
+        publisher.add_listener("event.", self._on_event)
+
+    def set_daemon_state(self, state: str) -> None:
+        self.daemon_state = state
+        self._changed()
+
+    def status(self) -> Status:
+        now = time.time()
+        return Status(
+            msg=f"stationd {VERSION}",
+            time=datetime.datetime.fromtimestamp(now).isoformat(),
+            version=VERSION,
+            protocol_version=PROTOCOL_VERSION,
+            pid=os.getpid(),
+            daemon_state=self.daemon_state,
+            started_at=self.started_at,
+            uptime=round(now - self.started_at, 3),
+            status_uid=self.status_uid,
+            actors=list(self._actors.values()),
+        )
+
+    async def publish_periodically(self) -> None:
+        """Publish the status on QS_Info at least every `publish_period` s (as bluesky-queueserver does)."""
+        if self._publish_period <= 0:
+            return
+        while True:
+            await asyncio.sleep(self._publish_period)
+            self._publisher.publish_info(self.status())
+
+    def _on_event(self, topic: str, message: Any) -> None:
+        if not isinstance(message, EventMessage) or message.name != "child_state":
+            return
+        data = message.data
+        info = data if isinstance(data, ActorInfo) else msgspec.convert(data, ActorInfo)
+        self._actors[info.name] = info
+        self._changed()
+
+    def _changed(self) -> None:
+        self.status_uid = str(uuid.uuid4())
+        if not self._publish_scheduled:
+            self._publish_scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self._publish_now)
+            except RuntimeError:
+                self._publish_scheduled = False  # no loop yet: the first periodic publish covers it
+
+    def _publish_now(self) -> None:
+        self._publish_scheduled = False
+        self._publisher.publish_info(self.status())

@@ -1,0 +1,25 @@
+"""The daemon's supervision tree, built from the config as data."""
+
+from __future__ import annotations
+
+from stationd.actors.specs import ChildSpec, SupervisorSpec
+
+from .config import Config
+
+__all__ = ["ROOT", "build_tree"]
+
+ROOT = "supervisor"
+"""Name of the root supervisor."""
+
+
+def build_tree(config: Config) -> SupervisorSpec:
+    """The root supervisor: the built-in actors, then the config's extra children."""
+    builtin: list[ChildSpec] = []  # the station's own actors join here as they are built
+    return SupervisorSpec(
+        name=ROOT,
+        strategy=config.supervisor.strategy,
+        intensity=config.supervisor.intensity,
+        period=config.supervisor.period,
+        shutdown_timeout=config.shutdown_timeout,
+        children=[*builtin, *config.supervisor.children],
+    )

@@ -1,0 +1,54 @@
+"""The method table of the front door: method name -> params Struct -> owning actor -> reply Struct."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import msgspec
+
+from .system import ConfigGetParams, ConfigGetReply, PingParams, Status, StatusParams
+
+__all__ = ["FRONT_DOOR", "METHODS", "Method", "method_table"]
+
+FRONT_DOOR = "front_door"
+"""Owner of the methods the front door answers itself (from its status snapshot or the daemon config)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One front-door method. The params Struct is also the message the owning actor receives."""
+
+    name: str
+    params: type[msgspec.Struct]
+    owner: str
+    reply: type[msgspec.Struct]
+    doc: str
+
+
+def method_table(methods: Iterable[Method]) -> Mapping[str, Method]:
+    """Index methods by name, refusing duplicates and params types whose tag differs from the name."""
+    table: dict[str, Method] = {}
+    for m in methods:
+        if m.name in table:
+            raise ValueError(f"method {m.name!r} declared twice")
+        tag = m.params.__struct_config__.tag
+        if tag != m.name:
+            raise ValueError(f"params type {m.params.__name__} of {m.name!r} must be tagged {m.name!r}")
+        table[m.name] = m
+    return table
+
+
+METHODS: Mapping[str, Method] = method_table(
+    [
+        Method("ping", PingParams, FRONT_DOOR, Status, "Liveness check; returns the status object."),
+        Method("status", StatusParams, FRONT_DOOR, Status, "Daemon version, uptime and the actor tree."),
+        Method(
+            "config_get",
+            ConfigGetParams,
+            FRONT_DOOR,
+            ConfigGetReply,
+            "The daemon's effective configuration (secrets removed).",
+        ),
+    ]
+)

@@ -1,0 +1,98 @@
+"""A test actor that does on command what real actors do by accident: crash, fail, block, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, ClassVar
+
+import msgspec
+
+from stationd.actors.base import Actor
+from stationd.protocol.errors import PermissionDenied
+
+
+class Echoed(msgspec.Struct, frozen=True):
+    text: str
+    pid: int
+    actor: str
+    caller: str | None = None
+
+
+class Echo(msgspec.Struct, frozen=True, tag="probe_echo"):
+    """Ask: answer with the text, the pid and the caller's user."""
+
+    text: str
+    reply_type: ClassVar[type] = Echoed
+
+
+class Crash(msgspec.Struct, frozen=True, tag="probe_crash"):
+    """Tell: raise, which crashes the actor."""
+
+    reason: str = "boom"
+
+
+class Fail(msgspec.Struct, frozen=True, tag="probe_fail"):
+    """Ask: raise a plain exception (a bug), which goes back to the asker as actor_failed."""
+
+
+class Refuse(msgspec.Struct, frozen=True, tag="probe_refuse"):
+    """Ask: raise a typed StationError, which goes back to the asker as itself."""
+
+
+class Block(msgspec.Struct, frozen=True, tag="probe_block"):
+    """Ask or tell: wait forever (until the actor is cancelled)."""
+
+
+class Finish(msgspec.Struct, frozen=True, tag="probe_finish"):
+    """Tell: stop normally (a transient child is then not restarted)."""
+
+
+class Exit(msgspec.Struct, frozen=True, tag="probe_exit"):
+    """Tell: end the process at once with this exit code (process mode only)."""
+
+    code: int = 3
+
+
+class Announce(msgspec.Struct, frozen=True, tag="probe_announce"):
+    """Tell: publish an event `event.<name>.announced` and log a line."""
+
+    text: str
+
+
+class ProbeOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    fail_start: bool = False
+
+
+class Probe(Actor):
+    inbox = Echo | Crash | Fail | Refuse | Block | Finish | Exit | Announce
+    Options = ProbeOptions
+
+    async def on_start(self) -> None:
+        if self.options.fail_start:
+            raise RuntimeError("configured to fail at start")
+        self.ctx.publish("started", {"pid": os.getpid()})
+
+    async def handle(self, msg: Any) -> Any:
+        match msg:
+            case Echo(text=text):
+                caller = self.ctx.caller.user if getattr(self.ctx, "caller", None) else None
+                return Echoed(text, os.getpid(), self.ctx.name, caller)
+            case Crash(reason=reason):
+                raise RuntimeError(reason)
+            case Fail():
+                raise ValueError("a bug in the handler")
+            case Refuse():
+                raise PermissionDenied("not for you")
+            case Block():
+                await asyncio.Event().wait()
+            case Finish():
+                self.ctx.stop()
+            case Exit(code=code):
+                os._exit(code)
+            case Announce(text=text):
+                self.ctx.publish("announced", {"text": text})
+                self.ctx.log.info("announcing", text=text)
+            case _:
+                raise AssertionError(msg)
+        return None
