@@ -120,6 +120,7 @@ class ActorCell:
         self._wakeup = asyncio.Event()
         self._stop_requested = False
         self._mailbox_error: BaseException | None = None
+        self._killed: ExitReason | None = None
         self._task: asyncio.Task[None] | None = None
         self.exit: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
 
@@ -148,17 +149,15 @@ class ActorCell:
     async def stop(self, timeout: float) -> ExitReason:
         """Stop gracefully; cancel the actor if it does not finish within `timeout`."""
         if self._task is None:
-            return await self.exit
+            return await asyncio.shield(self.exit)
         self.request_stop()
         try:
             return await asyncio.wait_for(asyncio.shield(self.exit), timeout)
         except TimeoutError:
             self.log.warning("stop_timeout", timeout=timeout)
+            self._killed = ExitReason(f"killed after shutdown timeout {timeout:g} s", False)
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            if not self.exit.done():
-                await self._finish(ExitReason(f"killed after shutdown timeout {timeout:g} s", False), None)
-            return self.exit.result()
+            return await asyncio.shield(self.exit)
 
     def set_log_level(self, level: str) -> None:
         self.log = self.ctx.log = logs.actor_logger(self.name, level)
@@ -187,7 +186,9 @@ class ActorCell:
         try:
             await self._serve()
         except asyncio.CancelledError:
-            if self._mailbox_error is not None:
+            if self._killed is not None:
+                outcome = self._killed  # OTP's brutal kill: no stop hook, it would not finish either
+            elif self._mailbox_error is not None:
                 error = self._mailbox_error
                 outcome = ExitReason(f"crashed: mailbox: {type(error).__name__}: {error}", True)
             elif not self._stop_requested:
@@ -236,21 +237,30 @@ class ActorCell:
             self.mailbox.reply(req, result)
 
     async def _finish(self, outcome: ExitReason, error: BaseException | None) -> None:
+        """Run the stop hook, answer what is left with actor_stopped, close the mailbox, report the exit.
+
+        Always completes: a hook that fails or is cancelled (killed after the shutdown timeout) is logged and
+        the rest still happens, so the exit is always reported.
+        """
         try:
-            if error is None:
-                await self._actor.on_stop()
-            else:
-                await self._actor.on_failure(error)
+            if self._killed is None:
+                await (self._actor.on_stop() if error is None else self._actor.on_failure(error))
+        except asyncio.CancelledError:
+            self.log.warning("stop_hook_cancelled", reason=outcome.reason)
         except Exception as exc:  # a failing hook must not keep the mailbox open
             self.log.error("stop_hook_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-        stopped = ActorStopped(f"{self.name} stopped before handling the message ({outcome.reason})")
-        pending = [*self._queue, *self.mailbox.drain()]
-        self._queue.clear()
-        for req in pending:
-            if req.envelope.kind == Kind.ASK:
-                self.mailbox.reply_error(req, stopped)
-        if self._before_close is not None:
-            self._before_close(outcome)
-        await self.mailbox.close()
-        if not self.exit.done():
-            self.exit.set_result(outcome)
+        try:
+            stopped = ActorStopped(f"{self.name} stopped before handling the message ({outcome.reason})")
+            pending = [*self._queue, *self.mailbox.drain()]
+            self._queue.clear()
+            for req in pending:
+                if req.envelope.kind == Kind.ASK:
+                    self.mailbox.reply_error(req, stopped)
+            if self._before_close is not None:
+                self._before_close(outcome)
+            await asyncio.shield(self.mailbox.close())
+        except asyncio.CancelledError:
+            self.log.warning("close_cancelled", reason=outcome.reason)
+        finally:
+            if not self.exit.done():
+                self.exit.set_result(outcome)

@@ -157,10 +157,18 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             description="Publish the status on QS_Info at least this often (seconds; 0: only on change).",
         ),
     ] = 1.0
-    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
-    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
-    runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
-    supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
+    logging: Annotated[LoggingConfig, _doc("Log levels and format.")] = msgspec.field(
+        default_factory=LoggingConfig
+    )
+    security: Annotated[SecurityConfig, _doc("CurveZMQ keys and the client allow-list.")] = msgspec.field(
+        default_factory=SecurityConfig
+    )
+    runtime: Annotated[RuntimeConfig, _doc("Asks, process actors and heartbeats.")] = msgspec.field(
+        default_factory=RuntimeConfig
+    )
+    supervisor: Annotated[SupervisorConfig, _doc("The root supervisor and extra children.")] = msgspec.field(
+        default_factory=SupervisorConfig
+    )
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()

@@ -150,7 +150,7 @@ class _ProcessChild:
                 return await asyncio.wait_for(asyncio.shield(self.exit), timeout)
             except TimeoutError:
                 self.kill(ExitReason(f"killed after shutdown timeout {timeout:g} s", False))
-        return await self.exit
+        return await asyncio.shield(self.exit)
 
     def set_log_level(self, level: str) -> None:
         self._runtime.bus.send(

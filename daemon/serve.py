@@ -205,7 +205,7 @@ class _Daemon:
         logs.configure(new.logging.level, new.logging.format, forward=self._publisher.publish_log)
         self.log = logs.actor_logger("daemon", new.logging.level)
         self._runtime.set_log_levels(new.logging.level, dict(new.logging.actors))
-        self.log.info("log_levels_reloaded", level=new.logging.level, actors=dict(new.logging.actors))
+        self.log.info("log_levels_reloaded", default_level=new.logging.level, actors=dict(new.logging.actors))
 
     async def _watchdog(self, interval: float, runtime: Runtime, front: FrontDoor) -> None:
         """WATCHDOG=1 only while the bus routes messages and the front door's loop runs."""

@@ -64,8 +64,19 @@ def start_daemon(
     control = f"tcp://127.0.0.1:{free_port()}"
     info = f"tcp://127.0.0.1:{free_port()}"
     state_dir = tmp_path / "state"
-    cmd = [sys.executable, "-m", "stationd.daemon", "serve", "--state-dir", str(state_dir),
-           "--control-addr", control, "--info-addr", info, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stationd.daemon",
+        "serve",
+        "--state-dir",
+        str(state_dir),
+        "--control-addr",
+        control,
+        "--info-addr",
+        info,
+        *args,
+    ]
     if config is not None:
         cfg = tmp_path / "stationd.toml"
         cfg.write_text(config)

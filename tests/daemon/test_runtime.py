@@ -1,0 +1,110 @@
+"""ask, tell, deadlines and the failure rule, with real mailboxes on a real ZMQ bus."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from stationd.actors.specs import ActorSpec
+from stationd.protocol.errors import (
+    ActorFailed,
+    ActorStopped,
+    DeadlineExceeded,
+    PermissionDenied,
+    UnknownActor,
+)
+from stationd.protocol.supervision import GetTree
+
+from tests.support.actors import Announce, Block, Crash, Echo, Echoed, Fail, Refuse
+from tests.support.harness import Harness
+
+PROBE = "tests.support.actors:Probe"
+
+
+def probe(name: str = "probe", **kw: object) -> ActorSpec:
+    return ActorSpec(name=name, actor=PROBE, **kw)  # type: ignore[arg-type]
+
+
+async def test_ask_returns_the_typed_reply(harness: Harness) -> None:
+    await harness.start_tree(probe())
+    reply = await harness.ask("probe", Echo("hello"))
+    assert reply == Echoed("hello", os.getpid(), "probe", None)
+
+
+async def test_tell_is_handled_in_order_with_asks(harness: Harness) -> None:
+    await harness.start_tree(probe())
+    since = harness.events.mark()
+    harness.tell("probe", Announce("first"))
+    await harness.ask("probe", Echo("after"))
+    assert harness.events.named("probe", "announced")[-1] == {"text": "first"}
+    assert since < harness.events.mark()
+
+
+async def test_a_bug_in_an_ask_handler_goes_back_typed_and_the_actor_lives(harness: Harness) -> None:
+    await harness.start_tree(probe())
+    with pytest.raises(ActorFailed, match="ValueError: a bug in the handler"):
+        await harness.ask("probe", Fail())
+    assert (await harness.ask("probe", Echo("still here"))).text == "still here"
+    assert harness.events.named("root", "child_restarted") == []
+
+
+async def test_a_station_error_in_an_ask_keeps_its_type(harness: Harness) -> None:
+    await harness.start_tree(probe())
+    with pytest.raises(PermissionDenied, match="not for you"):
+        await harness.ask("probe", Refuse())
+
+
+async def test_an_ask_past_its_deadline_raises_timeout(harness: Harness) -> None:
+    await harness.start_tree(probe(shutdown_timeout=0.5))
+    harness.tell("probe", Block())
+    with pytest.raises(DeadlineExceeded, match=r"probe did not answer 'probe_echo' within 0\.2 s"):
+        await harness.ask("probe", Echo("x"), timeout=0.2)
+
+
+async def test_an_ask_to_an_unknown_actor_fails_at_once(harness: Harness) -> None:
+    await harness.start_tree(probe())
+    async with asyncio.timeout(1):  # the bus answers immediately, long before the 5 s deadline
+        with pytest.raises(UnknownActor, match="no actor named 'nobody'"):
+            await harness.ask("nobody", Echo("x"))
+
+
+async def test_a_message_the_actor_does_not_accept_is_refused(harness: Harness) -> None:
+    await harness.start_tree(probe())
+    with pytest.raises(Exception) as info:
+        await harness.ask("probe", GetTree())
+    assert getattr(info.value, "code", None) == "unsupported_message"
+
+
+async def test_an_exception_in_a_tell_crashes_the_actor_and_it_is_restarted(harness: Harness) -> None:
+    await harness.start_tree(probe())
+    since = harness.events.mark()
+    harness.tell("probe", Crash("kaput"))
+    restarted = await harness.events.wait_event("root", "child_restarted", since=since, child="probe")
+    assert restarted.restarts == 1
+    assert "RuntimeError: kaput" in restarted.cause
+    assert (await harness.ask("probe", Echo("again"))).text == "again"
+
+
+async def test_queued_asks_get_actor_stopped_when_the_actor_stops(harness: Harness) -> None:
+    await harness.start_tree(probe(shutdown_timeout=0.5))
+    harness.tell("probe", Block())
+    waiting = [asyncio.ensure_future(harness.ask("probe", Echo(str(i)))) for i in range(3)]
+    await harness.ask("root", GetTree())  # the probe's mailbox has received the asks by now (bus order)
+    reason = await harness.runtime.stop_child("probe", 0.5)
+    assert "shutdown timeout" in reason.reason
+    for fut in waiting:
+        with pytest.raises(ActorStopped):
+            await fut
+
+
+async def test_an_ask_in_flight_to_an_actor_that_crashes_fails_with_actor_stopped(harness: Harness) -> None:
+    await harness.start_tree(probe(restart="temporary"))
+    harness.tell("probe", Crash())
+    with pytest.raises(ActorStopped):
+        await harness.ask("probe", Echo("lost"), timeout=3)
+
+
+async def test_on_start_failure_fails_the_start(harness: Harness) -> None:
+    with pytest.raises(ActorFailed, match="configured to fail at start"):
+        await harness.start_tree(probe(options={"fail_start": True}))
