@@ -84,10 +84,10 @@ class Daemon:
                 if t_reply is None and now >= next_ask:  # ask again every 20 ms until a reply comes
                     sock.send_multipart([b"launch", b"", STATUS])
                     next_ask = now + 0.02
-                readable = zmq.select([sock, self.notify], [], [], 0.005)[0]
+                readable = zmq.select([sock, fd := self.notify.fileno()], [], [], 0.005)[0]
                 if sock in readable and b'"success":false' not in sock.recv_multipart()[-1]:
                     t_reply = t_reply or time.perf_counter() - t0
-                if self.notify in readable and "READY=1" in self.notify.recv(4096).decode().split("\n"):
+                if fd in readable and "READY=1" in self.notify.recv(4096).decode().split("\n"):
                     t_ready = time.perf_counter() - t0
         finally:
             zctx.destroy(linger=0)
