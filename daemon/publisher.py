@@ -43,10 +43,11 @@ class Publisher:
         self._seq[topic] = seq
         return seq
 
-    def publish_event(self, actor: str, name: str, data: Any) -> None:
+    def publish_event(self, actor: str, name: str, data: Any, *, at: float | None = None) -> None:
         topic = event_topic(actor, name)
         self._send(
-            topic, EventMessage(seq=self.next_seq(topic), time=time.time(), actor=actor, name=name, data=data)
+            topic,
+            EventMessage(seq=self.next_seq(topic), time=at or time.time(), actor=actor, name=name, data=data),
         )
 
     def publish_log(self, msg: LogMessage) -> None:

@@ -21,7 +21,7 @@ from stationd.actors.specs import ActorSpec, ChildSpec, Mode, SupervisorSpec
 from stationd.actors.supervisor import Supervisor
 from stationd.protocol.envelope import RUNTIME, Envelope, Kind
 from stationd.protocol.errors import ActorFailed, ActorStopped, UnsupportedMessage
-from stationd.protocol.pubsub import LOG, LogMessage
+from stationd.protocol.pubsub import EVENT_PREFIX, LOG, EventMessage, LogMessage
 from stationd.protocol.runtime import (
     ActorExited,
     BusPing,
@@ -400,8 +400,12 @@ class Runtime:
                 if child is not None:
                     child.last_words(msg)
             case PublishRequest(topic=topic, payload=payload):
+                # Re-typed here so in-process listeners (the status board) see the same types either way.
                 if topic == LOG:
                     self.publisher.publish_log(msgspec.convert(payload, LogMessage))
+                elif topic.startswith(EVENT_PREFIX):
+                    event = msgspec.convert(payload, EventMessage)
+                    self.publisher.publish_event(event.actor, event.name, event.data, at=event.time)
                 else:
                     self.publisher.publish_mapping(topic, payload)
             case BusPing(token=token):
