@@ -57,7 +57,7 @@ def enc_hook_msgpack(obj: Any) -> Any:
         import numpy as np
 
         if isinstance(obj, np.ndarray):
-            arr = np.ascontiguousarray(obj)
+            arr = obj if obj.flags.c_contiguous else obj.copy(order="C")  # ascontiguousarray makes 0-d 1-d
             if arr.dtype.hasobject:
                 return arr.tolist()
             header = msgspec.msgpack.encode([arr.dtype.str, list(arr.shape)])
@@ -90,7 +90,7 @@ def ext_hook(code: int, data: memoryview) -> Any:
 
         size = int.from_bytes(data[:4], "little")
         dtype, shape = msgspec.msgpack.decode(data[4 : 4 + size])
-        return np.frombuffer(data[4 + size :], dtype=np.dtype(dtype)).reshape(shape).copy()
+        return np.frombuffer(data[4 + size :], dtype=np.dtype(dtype)).reshape(tuple(shape)).copy()
     if code == COMPLEX_EXT:
         real, imag = msgspec.msgpack.decode(data)
         return complex(real, imag)
