@@ -61,6 +61,7 @@ def start_daemon(
     wait_ready: bool = True,
 ) -> DaemonProcess:
     """Start `stationd serve` with its own state dir, ports and notify socket; wait for READY=1."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     control = f"tcp://127.0.0.1:{free_port()}"
     info = f"tcp://127.0.0.1:{free_port()}"
     state_dir = tmp_path / "state"
