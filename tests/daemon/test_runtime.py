@@ -29,7 +29,7 @@ def probe(name: str = "probe", **kw: object) -> ActorSpec:
 async def test_ask_returns_the_typed_reply(harness: Harness) -> None:
     await harness.start_tree(probe())
     reply = await harness.ask("probe", Echo("hello"))
-    assert reply == Echoed("hello", os.getpid(), "probe", None)
+    assert reply == Echoed("hello", os.getpid(), "probe")
 
 
 async def test_tell_is_handled_in_order_with_asks(harness: Harness) -> None:

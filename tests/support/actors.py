@@ -16,6 +16,9 @@ class Echoed(msgspec.Struct, frozen=True):
     pid: int
     actor: str
     caller: str | None = None
+    caller_group: str | None = None
+    success: bool = True
+    msg: str = ""
 
 
 class Echo(msgspec.Struct, frozen=True, tag="probe_echo"):
@@ -75,8 +78,10 @@ class Probe(Actor):
     async def handle(self, msg: Any) -> Any:
         match msg:
             case Echo(text=text):
-                caller = self.ctx.caller.user if getattr(self.ctx, "caller", None) else None
-                return Echoed(text, os.getpid(), self.ctx.name, caller)
+                caller = getattr(self.ctx, "caller", None)
+                return Echoed(
+                    text, os.getpid(), self.ctx.name, caller and caller.user, caller and caller.user_group
+                )
             case Crash(reason=reason):
                 raise RuntimeError(reason)
             case Fail():

@@ -1,0 +1,78 @@
+"""CurveZMQ: allow-listed keys are answered and identified; unknown keys and plain clients get nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from stationd.daemon.security import QSERVER_CLIENT_PUBLIC_KEY, QSERVER_CLIENT_SECRET_KEY
+from stationd.protocol.client import Client, CurveKeys, Subscriber
+from stationd.protocol.errors import DeadlineExceeded
+from tests.support.daemon import DaemonProcess, start_daemon
+
+
+@pytest.fixture
+def keys() -> dict[str, tuple[str, str]]:
+    pairs = {name: zmq.curve_keypair() for name in ("server", "alice", "mallory")}
+    return {name: (pub.decode(), sec.decode()) for name, (pub, sec) in pairs.items()}
+
+
+@pytest.fixture
+def curve_daemon(tmp_path: Path, keys: dict[str, tuple[str, str]]) -> Iterator[DaemonProcess]:
+    config = f"""
+[security]
+server_secret_key = "{keys['server'][1]}"
+admit_qserver_client_key = true
+qserver_user = "beamline"
+qserver_user_group = "observers"
+
+[[security.clients]]
+public_key = "{keys['alice'][0]}"
+user = "alice"
+user_group = "admin"
+"""
+    d = start_daemon(tmp_path, config=config)
+    yield d
+    d.stop()
+
+
+def curve_for(keys: dict[str, tuple[str, str]], client: str) -> CurveKeys:
+    return CurveKeys(keys["server"][0], keys[client][0], keys[client][1])
+
+
+def test_an_allowed_key_is_answered(curve_daemon: DaemonProcess, keys: dict[str, tuple[str, str]]) -> None:
+    with Client(curve_daemon.control_addr, timeout=5, curve=curve_for(keys, "alice")) as client:
+        assert client.ping().daemon_state == "running"
+
+
+def test_an_unknown_key_gets_nothing(curve_daemon: DaemonProcess, keys: dict[str, tuple[str, str]]) -> None:
+    with Client(curve_daemon.control_addr, timeout=1, curve=curve_for(keys, "mallory")) as client:
+        with pytest.raises(DeadlineExceeded):
+            client.ping()
+
+
+def test_a_plaintext_client_gets_nothing(curve_daemon: DaemonProcess) -> None:
+    with Client(curve_daemon.control_addr, timeout=1) as client:
+        with pytest.raises(DeadlineExceeded):
+            client.ping()
+
+
+def test_the_queueserver_key_is_admitted_when_configured(
+    curve_daemon: DaemonProcess, keys: dict[str, tuple[str, str]]
+) -> None:
+    qserver = CurveKeys(keys["server"][0], QSERVER_CLIENT_PUBLIC_KEY, QSERVER_CLIENT_SECRET_KEY)
+    with Client(curve_daemon.control_addr, timeout=5, curve=qserver) as client:
+        assert client.ping().daemon_state == "running"
+
+
+def test_the_info_stream_is_encrypted_and_allow_listed_too(
+    curve_daemon: DaemonProcess, keys: dict[str, tuple[str, str]]
+) -> None:
+    with Subscriber(curve_daemon.info_addr, ["QS_Info"], curve=curve_for(keys, "alice")) as sub:
+        assert sub.recv(timeout=5).topic == "QS_Info"
+    with Subscriber(curve_daemon.info_addr, ["QS_Info"], curve=curve_for(keys, "mallory")) as sub:
+        with pytest.raises(DeadlineExceeded):
+            sub.recv(timeout=2.5)  # QS_Info is published every second: two and a half periods of silence
