@@ -43,9 +43,7 @@ class LoggingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     level: Annotated[LogLevel, _doc("Default log level.")] = "info"
     format: Annotated[
         Literal["auto", "json", "console"],
-        _doc(
-            "`json` (one object per line, for journald), `console` (readable), `auto`: json unless a tty."
-        ),
+        _doc("`json` (one object per line, for journald), `console` (readable), `auto`: json unless a tty."),
     ] = "auto"
     actors: Annotated[
         dict[str, LogLevel], _doc("Log level per actor name, overriding `level`; reloaded on SIGHUP.")

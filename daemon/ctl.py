@@ -83,6 +83,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The command line: global options, then `ping`, `status` or `monitor`."""
     parser = argparse.ArgumentParser(prog="stationctl", description="Talk to a running stationd daemon.")
     parser.add_argument("--version", action="version", version=f"stationctl {VERSION}")
     _add_global_options(parser, suppress=False)

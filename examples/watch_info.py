@@ -1,6 +1,6 @@
 """Follow a running stationd's info stream: status updates (QS_Info) and log lines, with gap detection.
 
-    python examples/watch_info.py [COUNT]   # uses $STATIOND_INFO_ADDR, default tcp://127.0.0.1:60625
+python examples/watch_info.py [COUNT]   # uses $STATIOND_INFO_ADDR, default tcp://127.0.0.1:60625
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ def main(count: int) -> None:
                 status = event.payload["msg"]["status"]
                 print(f"#{event.seq} status: {status['daemon_state']}, {len(status['actors'])} actors")
             else:
-                print(f"#{event.seq} log: [{event.payload['level']}] {event.payload['actor']}: {event.payload['event']}")
+                log = event.payload
+                print(f"#{event.seq} log: [{log['level']}] {log['actor']}: {log['event']}")
 
 
 if __name__ == "__main__":

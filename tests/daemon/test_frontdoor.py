@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import zmq
-
 from stationd.actors.specs import ActorSpec
 from stationd.daemon.frontdoor import FrontDoor
 from stationd.daemon.mailbox import Mailbox
@@ -16,6 +15,7 @@ from stationd.daemon.security import CurveServer, Identity
 from stationd.daemon.status import StatusBoard
 from stationd.protocol.client import AsyncClient, CurveKeys
 from stationd.protocol.methods import METHODS, Method, method_table
+
 from tests.support.actors import Block, Echo, Echoed
 from tests.support.daemon import free_port
 from tests.support.harness import Harness
@@ -52,7 +52,9 @@ async def open_front_door(harness: Harness, curve: CurveServer | None = None) ->
 
 @pytest.fixture
 async def front(harness: Harness) -> AsyncIterator[str]:
-    await harness.start_tree(ActorSpec(name="probe", actor="tests.support.actors:Probe", shutdown_timeout=0.5))
+    await harness.start_tree(
+        ActorSpec(name="probe", actor="tests.support.actors:Probe", shutdown_timeout=0.5)
+    )
     door, addr = await open_front_door(harness)
     yield addr
     await door.close()
@@ -71,7 +73,11 @@ async def test_a_slow_method_does_not_block_other_requests(front: str) -> None:
         assert not blocked.done()
         assert all(s["daemon_state"] == "starting" for s in statuses)  # this bare board never went "running"
         reply = await blocked
-    assert reply == {"success": False, "msg": "probe did not answer 'probe_block' within 0.5 s", "error_code": "timeout"}
+    assert reply == {
+        "success": False,
+        "msg": "probe did not answer 'probe_block' within 0.5 s",
+        "error_code": "timeout",
+    }
 
 
 async def test_a_method_whose_actor_stopped_gets_actor_stopped(harness: Harness, front: str) -> None:

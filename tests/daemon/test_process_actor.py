@@ -7,10 +7,10 @@ import signal
 import time
 
 import pytest
-
 from stationd.actors.specs import ActorSpec, Mode
 from stationd.protocol.errors import ActorFailed
 from stationd.protocol.supervision import ActorState, GetTree
+
 from tests.support.actors import Announce, Crash, Echo, Exit
 from tests.support.harness import Harness
 
@@ -46,7 +46,9 @@ async def test_a_process_actor_killed_with_sigkill_is_noticed_and_restarted_with
     since = harness.events.mark()
     killed_at = time.monotonic()
     os.kill(old_pid, signal.SIGKILL)
-    failed = await harness.events.wait_event("root", "child_state", since=since, name="worker", state=ActorState.FAILED)
+    failed = await harness.events.wait_event(
+        "root", "child_state", since=since, name="worker", state=ActorState.FAILED
+    )
     noticed = time.monotonic() - killed_at
     await harness.events.wait_event("root", "child_restarted", since=since, child="worker")
     restarted = time.monotonic() - killed_at
@@ -63,7 +65,9 @@ async def test_a_hung_process_actor_misses_heartbeats_and_is_killed_and_restarte
     since = harness.events.mark()
     stopped_at = time.monotonic()
     os.kill(old_pid, signal.SIGSTOP)  # a real hang: the process is alive but runs nothing
-    failed = await harness.events.wait_event("root", "child_state", since=since, name="worker", state=ActorState.FAILED)
+    failed = await harness.events.wait_event(
+        "root", "child_state", since=since, name="worker", state=ActorState.FAILED
+    )
     noticed = time.monotonic() - stopped_at
     assert failed.last_exit.startswith("hung: no heartbeat for 0.45 s")
     assert noticed < 0.5 + 0.1, f"hang noticed after {noticed:.3f} s"  # timeout 0.45 s plus one loop turn
@@ -75,7 +79,9 @@ async def test_a_crash_inside_a_process_actor_reports_its_reason(harness: Harnes
     await harness.start_tree(process_probe())
     since = harness.events.mark()
     harness.tell("worker", Crash("deep trouble"))
-    failed = await harness.events.wait_event("root", "child_state", since=since, name="worker", state=ActorState.FAILED)
+    failed = await harness.events.wait_event(
+        "root", "child_state", since=since, name="worker", state=ActorState.FAILED
+    )
     assert failed.last_exit == "crashed: RuntimeError: deep trouble"
 
 
@@ -83,7 +89,9 @@ async def test_a_process_exit_code_is_reported(harness: Harness) -> None:
     await harness.start_tree(process_probe(restart="transient"))
     since = harness.events.mark()
     harness.tell("worker", Exit(7))
-    failed = await harness.events.wait_event("root", "child_state", since=since, name="worker", state=ActorState.FAILED)
+    failed = await harness.events.wait_event(
+        "root", "child_state", since=since, name="worker", state=ActorState.FAILED
+    )
     assert failed.last_exit == "exited with code 7"
 
 
@@ -104,5 +112,8 @@ async def test_a_process_actor_stops_gracefully_and_its_process_exits(harness: H
 async def test_process_and_inproc_children_mix_in_one_tree(harness: Harness) -> None:
     await harness.start_tree(process_probe("far"), ActorSpec(name="near", actor=PROBE))
     tree = await harness.ask("root", GetTree())
-    assert [(c.name, c.mode, c.pid is not None) for c in tree.children] == [("far", "process", True), ("near", "inproc", False)]
+    assert [(c.name, c.mode, c.pid is not None) for c in tree.children] == [
+        ("far", "process", True),
+        ("near", "inproc", False),
+    ]
     assert (await harness.ask("far", Echo("x"))).pid != (await harness.ask("near", Echo("y"))).pid

@@ -6,7 +6,6 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from stationd.daemon.requests import RequestDecoder
 from stationd.protocol.errors import (
     InvalidParams,
@@ -22,7 +21,11 @@ from stationd.protocol.system import StatusParams
 DECODER = RequestDecoder(METHODS, max_request_bytes=4096)
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=10),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
@@ -83,7 +86,11 @@ def test_msgpack_requests_decode_like_json() -> None:
         (b'{"method": "status", "extra": 1}', InvalidRequest, "unknown field `extra`"),
         (b'{"method": 5}', InvalidRequest, "Expected `str`, got `int`"),
         (b'{"method": "bogus"}', UnknownMethod, "Unknown method 'bogus'"),
-        (b'{"method": "status", "params": {"x": 1, "y": 2}}', InvalidParams, "unsupported parameters: ['x', 'y']"),
+        (
+            b'{"method": "status", "params": {"x": 1, "y": 2}}',
+            InvalidParams,
+            "unsupported parameters: ['x', 'y']",
+        ),
         (b'{"method": "status", "params": {"x": 1}}', InvalidParams, "unsupported parameters: 'x'"),
         (b'{"method": "status", "params": []}', InvalidParams, "must be an object"),
         (msgspec.msgpack.encode({"method": "status"})[:-2], MalformedRequest, "msgpack decode error"),

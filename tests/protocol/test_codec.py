@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from stationd.protocol.codec import (
     Encoding,
     detect_encoding,
@@ -95,7 +94,14 @@ def test_an_envelope_carries_its_body_unparsed() -> None:
 
     body = encode_body({"x": [1, 2.5, "z"]})
     env = decode_envelope(encode_envelope(Envelope(Kind.ASK, "a", 7, 123.5, body, user="u", user_group="g")))
-    assert (env.kind, env.sender, env.corr, env.deadline, env.user, env.user_group) == (1, "a", 7, 123.5, "u", "g")
+    assert (env.kind, env.sender, env.corr, env.deadline, env.user, env.user_group) == (
+        1,
+        "a",
+        7,
+        123.5,
+        "u",
+        "g",
+    )
     assert msgspec.msgpack.decode(env.body) == {"x": [1, 2.5, "z"]}
 
 
@@ -114,7 +120,9 @@ def test_numpy_arrays_round_trip_exactly_in_msgpack(shape_dtype: tuple[list[int]
 
 
 def test_numpy_values_become_lists_and_scalars_in_json() -> None:
-    encoded = json_encoder().encode({"a": np.array([[1, 2], [3, 4]]), "f": np.float64(1.5), "b": np.bool_(True)})
+    encoded = json_encoder().encode(
+        {"a": np.array([[1, 2], [3, 4]]), "f": np.float64(1.5), "b": np.bool_(True)}
+    )
     assert json_decoder().decode(encoded) == {"a": [[1, 2], [3, 4]], "f": 1.5, "b": True}
 
 

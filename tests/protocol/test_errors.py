@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pytest
-
 from stationd.protocol import errors
 from stationd.protocol.errors import StationError, error_from_code
 
 ERROR_TYPES = [
     obj
     for name in errors.__all__
-    if isinstance(obj := getattr(errors, name), type) and issubclass(obj, StationError) and obj is not StationError
+    if isinstance(obj := getattr(errors, name), type)
+    and issubclass(obj, StationError)
+    and obj is not StationError
 ]
 
 

@@ -51,6 +51,9 @@ def test_writing_a_changed_schema_without_a_version_bump_is_refused(tmp_path, mo
 
 def test_protocol_schema_command_prints_the_schema() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "stationd.daemon", "protocol-schema"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "stationd.daemon", "protocol-schema"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert json.loads(out) == protocol_schema()

@@ -31,7 +31,7 @@ class Events:
 
     def _on_message(self, topic: str, msg: Any) -> None:
         self.items.append((topic, msg))
-        for since, pred, fut in list(self._waiters):
+        for _since, pred, fut in list(self._waiters):
             if not fut.done() and pred(topic, msg):
                 fut.set_result(msg)
 

@@ -20,7 +20,7 @@ class NotifySocket:
         self.messages: list[str] = []
 
     def wait_for(self, field: str, timeout: float = 10.0) -> list[str]:
-        """Block until a datagram containing `field` (e.g. `READY=1`) arrives; return all fields seen so far."""
+        """Block until a datagram holding `field` (e.g. `READY=1`) arrives; return all fields seen so far."""
         deadline = time.monotonic() + timeout
         while not any(field in m.split("\n") for m in self.messages):
             remaining = deadline - time.monotonic()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import zmq
-
 from stationd.daemon.security import QSERVER_CLIENT_PUBLIC_KEY, QSERVER_CLIENT_SECRET_KEY
 from stationd.protocol.client import Client, CurveKeys, Subscriber
 from stationd.protocol.errors import DeadlineExceeded
+
 from tests.support.daemon import DaemonProcess, start_daemon
 
 
@@ -24,13 +24,13 @@ def keys() -> dict[str, tuple[str, str]]:
 def curve_daemon(tmp_path: Path, keys: dict[str, tuple[str, str]]) -> Iterator[DaemonProcess]:
     config = f"""
 [security]
-server_secret_key = "{keys['server'][1]}"
+server_secret_key = "{keys["server"][1]}"
 admit_qserver_client_key = true
 qserver_user = "beamline"
 qserver_user_group = "observers"
 
 [[security.clients]]
-public_key = "{keys['alice'][0]}"
+public_key = "{keys["alice"][0]}"
 user = "alice"
 user_group = "admin"
 """
@@ -49,15 +49,16 @@ def test_an_allowed_key_is_answered(curve_daemon: DaemonProcess, keys: dict[str,
 
 
 def test_an_unknown_key_gets_nothing(curve_daemon: DaemonProcess, keys: dict[str, tuple[str, str]]) -> None:
-    with Client(curve_daemon.control_addr, timeout=1, curve=curve_for(keys, "mallory")) as client:
-        with pytest.raises(DeadlineExceeded):
-            client.ping()
+    with (
+        Client(curve_daemon.control_addr, timeout=1, curve=curve_for(keys, "mallory")) as client,
+        pytest.raises(DeadlineExceeded),
+    ):
+        client.ping()
 
 
 def test_a_plaintext_client_gets_nothing(curve_daemon: DaemonProcess) -> None:
-    with Client(curve_daemon.control_addr, timeout=1) as client:
-        with pytest.raises(DeadlineExceeded):
-            client.ping()
+    with Client(curve_daemon.control_addr, timeout=1) as client, pytest.raises(DeadlineExceeded):
+        client.ping()
 
 
 def test_the_queueserver_key_is_admitted_when_configured(
@@ -73,6 +74,8 @@ def test_the_info_stream_is_encrypted_and_allow_listed_too(
 ) -> None:
     with Subscriber(curve_daemon.info_addr, ["QS_Info"], curve=curve_for(keys, "alice")) as sub:
         assert sub.recv(timeout=5).topic == "QS_Info"
-    with Subscriber(curve_daemon.info_addr, ["QS_Info"], curve=curve_for(keys, "mallory")) as sub:
-        with pytest.raises(DeadlineExceeded):
-            sub.recv(timeout=2.5)  # QS_Info is published every second: two and a half periods of silence
+    with (
+        Subscriber(curve_daemon.info_addr, ["QS_Info"], curve=curve_for(keys, "mallory")) as sub,
+        pytest.raises(DeadlineExceeded),
+    ):
+        sub.recv(timeout=2.5)  # QS_Info is published every second: two and a half periods of silence

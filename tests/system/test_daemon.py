@@ -11,9 +11,9 @@ import msgspec
 import psutil
 import pytest
 import zmq
-
 from stationd.protocol.client import Client
 from stationd.protocol.errors import DeadlineExceeded, UnknownMethod
+
 from tests.support.daemon import DaemonProcess, start_daemon
 
 PROCESS_PROBE = """
@@ -152,10 +152,12 @@ def test_no_child_process_outlives_a_kill_9_of_the_daemon(tmp_path: Path) -> Non
     assert children, "the process actor should run in a child process"
     os.kill(d.proc.pid, signal.SIGKILL)
     d.proc.wait(5)
-    gone, alive = psutil.wait_procs(children, timeout=5)
+    _, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, [p.cmdline() for p in alive]
     # the ports are free again: a new daemon binds them
-    again = start_daemon(tmp_path / "again", args=("--control-addr", d.control_addr, "--info-addr", d.info_addr))
+    again = start_daemon(
+        tmp_path / "again", args=("--control-addr", d.control_addr, "--info-addr", d.info_addr)
+    )
     try:
         with Client(d.control_addr, timeout=5) as client:  # the old address, now served by the new daemon
             assert client.ping().pid == again.proc.pid
