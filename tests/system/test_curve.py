@@ -79,3 +79,49 @@ def test_the_info_stream_is_encrypted_and_allow_listed_too(
         pytest.raises(DeadlineExceeded),
     ):
         sub.recv(timeout=2.5)  # QS_Info is published every second: two and a half periods of silence
+
+
+def test_keys_generated_by_the_cli_secure_a_daemon(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for name in ("server", "operator"):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stationd.daemon",
+                "keys",
+                "generate",
+                "--dir",
+                str(tmp_path / "keys"),
+                "--name",
+                name,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "public key" in out
+    secret_file = tmp_path / "keys" / "server.key_secret"
+    assert secret_file.stat().st_mode & 0o077 == 0  # the secret is private to its owner
+    operator_public = (
+        (tmp_path / "keys" / "operator.key").read_text().split('public-key = "')[1].split('"')[0]
+    )
+    config = f"""
+[security]
+server_secret_key_file = "{secret_file}"
+
+[[security.clients]]
+public_key = "{operator_public}"
+user = "operator"
+"""
+    d = start_daemon(tmp_path, config=config)
+    try:
+        keys = CurveKeys.from_files(
+            str(tmp_path / "keys" / "server.key"), str(tmp_path / "keys" / "operator.key_secret")
+        )
+        with Client(d.control_addr, timeout=5, curve=keys) as client:
+            assert client.ping().daemon_state == "running"
+    finally:
+        assert d.stop() == 0

@@ -174,3 +174,20 @@ def test_the_tree_giving_up_makes_the_daemon_exit_non_zero(tmp_path: Path) -> No
     assert d.proc.wait(10) == 2
     assert '"event":"tree_failed"' in d.log()
     d.notify.close()
+
+
+def test_bad_input_does_not_leak_memory(daemon: DaemonProcess) -> None:
+    proc = psutil.Process(daemon.proc.pid)
+
+    def hammer(rounds: int) -> None:
+        with daemon.client() as client:
+            for i in range(rounds):
+                for payload in BAD_INPUTS:
+                    client.send_bytes(payload)
+                client.request_raw("status", {f"unknown_{i}": i})
+
+    hammer(200)  # warm up caches and allocator pools
+    before = proc.memory_info().rss
+    hammer(1000)  # 12,000 bad requests
+    growth_mb = (proc.memory_info().rss - before) / 2**20
+    assert growth_mb < 2, f"RSS grew by {growth_mb:.1f} MB over 12,000 bad requests"
