@@ -96,13 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     for command in commands.values():
         _add_global_options(command, suppress=True)
     monitor = commands["monitor"]
-    monitor.add_argument(
-        "--topic",
-        action="append",
-        default=[],
-        metavar="PREFIX",
-        help="topic prefix (repeatable; default: all)",
-    )
+    topic_help = "topic prefix (repeatable; default: all)"
+    monitor.add_argument("--topic", action="append", default=[], metavar="PREFIX", help=topic_help)
     monitor.add_argument("--count", type=_positive(int), metavar="N", help="stop after N messages")
     return parser
 

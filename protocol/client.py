@@ -338,3 +338,9 @@ class AsyncSubscriber:
 
     def close(self) -> None:
         self._sock.close()
+
+    async def __aenter__(self) -> AsyncSubscriber:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
