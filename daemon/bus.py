@@ -74,17 +74,15 @@ class Bus:
         self.reply_error(sender, env.corr, err)
 
     def reply_error(self, to: bytes, corr: int, err: StationError) -> None:
-        self._sock.send_multipart(
-            [
-                to,
-                _RUNTIME,
-                encode_envelope(Envelope(Kind.ERROR, RUNTIME, corr, body=encode_body(err.to_info()))),
-            ]
-        )
+        self._deliver(to, Envelope(Kind.ERROR, RUNTIME, corr, body=encode_body(err.to_info())))
 
-    def send(self, to: str, env: Envelope) -> None:
-        """Send an envelope from the runtime itself (control messages to process actors)."""
-        self._sock.send_multipart([to.encode(), _RUNTIME, encode_envelope(env)])
+    def send(self, to: str, env: Envelope) -> bool:
+        """Send an envelope from the runtime itself; False when `to` is not connected (it stopped)."""
+        return self._deliver(to.encode(), env)
+
+    def _deliver(self, to: bytes, env: Envelope) -> bool:
+        fut = self._sock.send_multipart([to, _RUNTIME, encode_envelope(env)])
+        return not (fut.done() and fut.exception() is not None)
 
     def close(self) -> None:
         if self.task is not None:

@@ -138,8 +138,8 @@ class ActorCell:
             await self._finish(ExitReason(f"failed to start: {type(exc).__name__}: {exc}", True), exc)
             raise ActorFailed(f"{self.name} failed to start: {type(exc).__name__}: {exc}") from exc
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"actor:{self.name}")
-        assert self.mailbox._task is not None
-        self.mailbox._task.add_done_callback(self._mailbox_done)
+        assert self.mailbox.task is not None
+        self.mailbox.task.add_done_callback(self._mailbox_done)
 
     def request_stop(self) -> None:
         """Stop after the message being handled (at once if idle)."""

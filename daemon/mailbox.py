@@ -97,11 +97,11 @@ class Mailbox:
         self._on_control = on_control
         self._pending: dict[int, _Pending] = {}
         self._corr = itertools.count(1)
-        self._task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
         self.closed = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._receive(), name=f"mailbox:{self.name}")
+        self.task = asyncio.get_running_loop().create_task(self._receive(), name=f"mailbox:{self.name}")
 
     # -- sending -------------------------------------------------------------------------------------------
     def send(self, recipient: str | bytes, env: Envelope) -> None:
@@ -217,10 +217,10 @@ class Mailbox:
         if self.closed:
             return
         self.closed = True
-        if self._task is not None:
-            self._task.cancel()
+        if self.task is not None:
+            self.task.cancel()
             try:
-                await self._task
+                await self.task
             except asyncio.CancelledError:
                 pass
         for pending in self._pending.values():

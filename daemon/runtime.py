@@ -140,12 +140,10 @@ class _ProcessChild:
 
     async def stop(self, timeout: float) -> ExitReason:
         if not self.exit.done():
-            try:
-                self._runtime.bus.send(
-                    self.spec.name, Envelope(Kind.CONTROL, RUNTIME, body=encode_body(StopActor()))
-                )
-            except zmq.ZMQError:
-                pass  # not connected (any more): the kill below ends it
+            # If it is not connected (any more), the kill after the timeout ends it.
+            self._runtime.bus.send(
+                self.spec.name, Envelope(Kind.CONTROL, RUNTIME, body=encode_body(StopActor()))
+            )
             try:
                 return await asyncio.wait_for(asyncio.shield(self.exit), timeout)
             except TimeoutError:
@@ -385,7 +383,12 @@ class Runtime:
             if env.kind == Kind.ASK:
                 self.bus.reply_error(sender, env.corr, UnsupportedMessage("the runtime answers no asks"))
             return
-        msg = _CONTROL_DECODER.decode(env.body)
+        try:
+            msg = _CONTROL_DECODER.decode(env.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # A child process speaking another protocol version must not take the bus down with it.
+            self.log.error("bad_control_message", sender=sender.decode(errors="replace"), error=str(exc))
+            return
         match msg:
             case Heartbeat(actor=actor):
                 child = self._process_child(actor)
@@ -401,13 +404,16 @@ class Runtime:
                     child.last_words(msg)
             case PublishRequest(topic=topic, payload=payload):
                 # Re-typed here so in-process listeners (the status board) see the same types either way.
-                if topic == LOG:
-                    self.publisher.publish_log(msgspec.convert(payload, LogMessage))
-                elif topic.startswith(EVENT_PREFIX):
-                    event = msgspec.convert(payload, EventMessage)
-                    self.publisher.publish_event(event.actor, event.name, event.data, at=event.time)
-                else:
-                    self.publisher.publish_mapping(topic, payload)
+                try:
+                    if topic == LOG:
+                        self.publisher.publish_log(msgspec.convert(payload, LogMessage))
+                    elif topic.startswith(EVENT_PREFIX):
+                        event = msgspec.convert(payload, EventMessage)
+                        self.publisher.publish_event(event.actor, event.name, event.data, at=event.time)
+                    else:
+                        self.publisher.publish_mapping(topic, payload)
+                except msgspec.ValidationError as exc:
+                    self.log.error("bad_publish_request", topic=topic, error=str(exc))
             case BusPing(token=token):
                 fut = self._pings.get(token)
                 if fut is not None and not fut.done():

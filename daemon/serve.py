@@ -148,10 +148,9 @@ class _Daemon:
             if interval is not None:
                 tasks.append(loop.create_task(self._watchdog(interval, runtime, front), name="watchdog"))
             stop_wait = loop.create_task(self.stop_requested.wait())
-            assert runtime.bus.task is not None and front.task is not None
+            vital = [t for t in (runtime.bus.task, front.task, mailbox.task) if t is not None]
             done, _ = await asyncio.wait(
-                [stop_wait, runtime.root_exit, runtime.bus.task, front.task],
-                return_when=asyncio.FIRST_COMPLETED,
+                [stop_wait, runtime.root_exit, *vital], return_when=asyncio.FIRST_COMPLETED
             )
             stop_wait.cancel()
             if runtime.root_exit in done:
@@ -160,7 +159,7 @@ class _Daemon:
                 notify(f"STATUS=stopping: {reason.reason}")
                 self.exit_code = EXIT_ESCALATED if reason.abnormal else EXIT_OK
             elif not self.stop_requested.is_set():
-                crashed = runtime.bus.task if runtime.bus.task in done else front.task
+                crashed = next(t for t in vital if t in done)
                 log.error("runtime_failed", task=crashed.get_name(), error=repr(crashed.exception()))
                 self.exit_code = EXIT_ESCALATED
             notify("STOPPING=1", "STATUS=stopping")
