@@ -1,4 +1,4 @@
-"""The three code folders install as stationd.daemon, stationd.actors and stationd.protocol from a wheel too."""
+"""The three code folders install as stationd.daemon, .actors and .protocol from a wheel too."""
 
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_a_wheel_holds_the_three_packages_and_runs_from_its_own_files(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(ROOT), "-w", str(tmp_path / "dist")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            str(ROOT),
+            "-w",
+            str(tmp_path / "dist"),
+        ],
         check=True,
         capture_output=True,
     )

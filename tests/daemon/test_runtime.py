@@ -108,3 +108,25 @@ async def test_an_ask_in_flight_to_an_actor_that_crashes_fails_with_actor_stoppe
 async def test_on_start_failure_fails_the_start(harness: Harness) -> None:
     with pytest.raises(ActorFailed, match="configured to fail at start"):
         await harness.start_tree(probe(options={"fail_start": True}))
+
+
+@pytest.mark.parametrize("mode", ["inproc", "process"])
+async def test_each_actor_logs_at_its_own_level_and_a_reload_changes_it(harness: Harness, mode: str) -> None:
+    await harness.start_tree(probe("quiet", log_level="warning", mode=mode), probe("chatty", mode=mode))
+
+    async def logs_announcing(name: str) -> bool:
+        since = harness.events.mark()
+        harness.tell(name, Announce("hello"))
+        await harness.events.wait_event(name, "announced", since=since)
+        await harness.ask(name, Echo("flush"))  # a process actor's log line precedes its reply on its socket
+        return any(
+            t == "log" and m.actor == name and m.event == "announcing"
+            for t, m in harness.events.items[since:]
+        )
+
+    assert await logs_announcing("chatty")
+    assert not await logs_announcing("quiet")
+    harness.runtime.set_log_levels("info", {"quiet": "info", "chatty": "error"})  # what SIGHUP applies
+    await harness.ask("quiet", Echo("sync"))  # the control message travels ahead of this ask
+    assert await logs_announcing("quiet")
+    assert not await logs_announcing("chatty")

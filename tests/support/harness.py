@@ -75,6 +75,7 @@ class Harness:
         self.zctx = zmq.asyncio.Context()
         self.publisher = Publisher(None)
         self.events = Events(self.publisher)
+        logs.configure("info", "json", forward=self.publisher.publish_log)  # as the daemon does
         self._run_dir = tempfile.mkdtemp(prefix="sdt-")  # short: ipc paths are limited to 107 bytes
         self.settings = RuntimeSettings(
             state_dir=tmp_path,
