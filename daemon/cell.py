@@ -115,7 +115,9 @@ class ActorCell:
         )
         self.ctx = context_factory(self) if context_factory else CellContext(self, state_dir, ask_timeout)
         self._decoder = msgpack_decoder(actor_cls.inbox) if actor_cls.inbox is not None else None
-        self._actor = actor_cls(self.ctx, msgspec.convert(options, actor_cls.Options))
+        self._actor_cls = actor_cls
+        self._options = options
+        self._actor: Actor | None = None
         self._queue: deque[Request] = deque()
         self._wakeup = asyncio.Event()
         self._stop_requested = False
@@ -125,13 +127,18 @@ class ActorCell:
         self.exit: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
 
     @property
-    def actor(self) -> Actor:
+    def actor(self) -> Actor | None:
+        """The actor instance (None until `start` built it)."""
         return self._actor
 
     async def start(self) -> None:
-        """Connect the mailbox, run `on_start`, then handle messages in a task; raise if `on_start` fails."""
+        """Build the actor from its options, run `on_start`, then handle messages in a task.
+
+        Raises `ActorFailed` naming the cause when the options are invalid or `on_start` fails.
+        """
         self.mailbox.start()
         try:
+            self._actor = self._actor_cls(self.ctx, msgspec.convert(self._options, self._actor_cls.Options))
             await self._actor.on_start()
         except Exception as exc:
             self.log.error("start_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
@@ -223,6 +230,7 @@ class ActorCell:
                 self.log.warning("unsupported_tell", sender=env.sender, error=str(exc))
             return
         self.ctx.caller = Caller(env.user, env.user_group) if env.user else None
+        assert self._actor is not None  # messages are handled only after start built it
         if not is_ask:
             await self._actor.handle(msg)  # an exception here crashes the actor
             return
@@ -243,7 +251,7 @@ class ActorCell:
         the rest still happens, so the exit is always reported.
         """
         try:
-            if self._killed is None:
+            if self._killed is None and self._actor is not None:
                 await (self._actor.on_stop() if error is None else self._actor.on_failure(error))
         except asyncio.CancelledError:
             self.log.warning("stop_hook_cancelled", reason=outcome.reason)

@@ -54,6 +54,7 @@ async def _run(launch: ChildLaunch) -> int:
 
     from . import logs
     from .cell import ActorCell, ExitReason, load_actor_class
+    from .mailbox import Mailbox
 
     name = launch.spec.name
     zctx = zmq.asyncio.Context()
@@ -97,9 +98,13 @@ async def _run(launch: ChildLaunch) -> int:
         )
         await cell.start()
     except Exception as exc:  # the process boundary: report why the start failed, then exit non-zero
-        if cell is None:
-            print(f"stationd child {name}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        zctx.destroy(linger=2000)
+        if cell is None:  # no mailbox yet (the class could not be loaded): report through a throwaway one
+            reason = f"failed to start: {type(exc).__name__}: {exc}"
+            print(f"stationd child {name}: {reason}", file=sys.stderr, flush=True)
+            reporter = Mailbox(zctx, launch.bus_addr, name, on_request=lambda _r: None, linger_ms=2000)
+            reporter.control(RUNTIME, ActorExited(name, reason, True))
+            await reporter.close()
+        zctx.term()  # waits (up to each socket's linger) until the report is delivered
         return 1
     send(NodeReady(name, os.getpid()))
 

@@ -68,6 +68,9 @@ class _InprocChild:
         self.exit = cell.exit
         self.pid: int | None = None
 
+    async def start(self) -> None:
+        await self.cell.start()
+
     async def stop(self, timeout: float) -> ExitReason:
         return await self.cell.stop(timeout)
 
@@ -271,24 +274,16 @@ class Runtime:
         level = self._level_for(spec)
         child: _Child
         if isinstance(spec, SupervisorSpec) or spec.mode == Mode.INPROC:
-            cell = self._make_cell(spec, level)
-            child = _InprocChild(cell)
-            self._started_names.add(spec.name)
-            self._running[spec.name] = _Running(spec, parent, incarnation, child)
-            try:
-                await cell.start()
-            except BaseException:
-                self._running.pop(spec.name, None)
-                raise
+            child = _InprocChild(self._make_cell(spec, level))
         else:
             child = _ProcessChild(self, spec, level)
-            self._started_names.add(spec.name)
-            self._running[spec.name] = _Running(spec, parent, incarnation, child)
-            try:
-                await child.start()
-            except BaseException:
-                self._running.pop(spec.name, None)
-                raise
+        self._started_names.add(spec.name)
+        self._running[spec.name] = _Running(spec, parent, incarnation, child)
+        try:
+            await child.start()
+        except BaseException:
+            self._running.pop(spec.name, None)
+            raise
         child.exit.add_done_callback(
             lambda fut, n=spec.name, i=incarnation: self._on_exit(n, i, fut.result())
         )
@@ -343,7 +338,10 @@ class Runtime:
             options: Any = spec
             factory = functools.partial(_SupervisorContext, runtime=self)
         else:
-            actor_cls, options = load_actor_class(spec.actor), spec.options
+            try:
+                actor_cls, options = load_actor_class(spec.actor), spec.options
+            except (ImportError, ValueError) as exc:
+                raise ActorFailed(f"{spec.name}: cannot load {spec.actor!r}: {exc}") from exc
         return ActorCell(
             name=spec.name,
             actor_cls=actor_cls,

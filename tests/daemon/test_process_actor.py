@@ -117,3 +117,10 @@ async def test_process_and_inproc_children_mix_in_one_tree(harness: Harness) -> 
         ("near", "inproc", False),
     ]
     assert (await harness.ask("far", Echo("x"))).pid != (await harness.ask("near", Echo("y"))).pid
+
+
+async def test_a_process_actor_whose_class_cannot_be_loaded_reports_why(harness: Harness) -> None:
+    with pytest.raises(ActorFailed, match=r"No module named 'tests\.support\.nowhere'"):
+        await harness.start_tree(
+            ActorSpec(name="ghost", actor="tests.support.nowhere:Ghost", mode=Mode.PROCESS)
+        )

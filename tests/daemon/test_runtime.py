@@ -130,3 +130,13 @@ async def test_each_actor_logs_at_its_own_level_and_a_reload_changes_it(harness:
     await harness.ask("quiet", Echo("sync"))  # the control message travels ahead of this ask
     assert await logs_announcing("quiet")
     assert not await logs_announcing("chatty")
+
+
+async def test_an_actor_class_that_cannot_be_loaded_fails_the_start_with_the_reason(harness: Harness) -> None:
+    with pytest.raises(ActorFailed, match=r"cannot load 'tests\.support\.actors:Nothing'"):
+        await harness.start_tree(ActorSpec(name="ghost", actor="tests.support.actors:Nothing"))
+
+
+async def test_invalid_actor_options_fail_the_start_naming_the_option(harness: Harness) -> None:
+    with pytest.raises(ActorFailed, match="unknown field `colour`"):
+        await harness.start_tree(probe(options={"colour": "red"}))
