@@ -13,7 +13,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from stationd.protocol.errors import StationError
+from stationd.protocol.errors import InternalError, StationError
 from stationd.protocol.frontdoor import ErrorReply
 from stationd.protocol.methods import FRONT_DOOR, Method
 from stationd.protocol.system import ConfigGetParams, ConfigGetReply, PingParams, StatusParams
@@ -93,6 +93,12 @@ class FrontDoor:
             method, params = self._decoder.decode(codec, payload)
         except StationError as err:
             self._send(prefix, codec, ErrorReply(msg=err.msg, error_code=err.code))
+            return
+        except Exception as exc:  # the client boundary: a decoding bug is logged loudly, never fatal
+            self._log.error("request_decoding_bug", payload=payload[:200], exc_info=exc)
+            self._send(
+                prefix, codec, ErrorReply(msg=f"Internal error: {exc!r}", error_code=InternalError.code)
+            )
             return
         if method.owner == FRONT_DOOR:
             self._send(prefix, codec, self._answer_locally(params))

@@ -79,7 +79,7 @@ class RequestDecoder:
             raise InvalidRequest(
                 f"Invalid request format: {text}. Allowed keys: {ALLOWED_REQUEST_KEYS}"
             ) from None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgpack strings are not checked up front
             raise MalformedRequest(
                 f"Failed to decode the request: {codec.encoding} decode error: {exc}"
             ) from None
@@ -96,7 +96,7 @@ class RequestDecoder:
             return method, codec.params(method.params).decode(raw)
         except msgspec.ValidationError as exc:
             raise InvalidParams(self._params_error(codec, method, raw, exc)) from None
-        except msgspec.DecodeError as exc:  # unreachable for well-formed outer bytes, kept for safety
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # params stayed raw bytes until now
             raise MalformedRequest(f"Failed to decode the params: {exc}") from None
 
     def _params_error(

@@ -7,8 +7,6 @@ import asyncio
 import functools
 import itertools
 import os
-import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,14 +26,12 @@ from stationd.protocol.runtime import (
     Heartbeat,
     NodeReady,
     PublishRequest,
-    SetLogLevel,
-    StopActor,
 )
 from stationd.protocol.supervision import ActorInfo, ActorState, ChildExited
 
 from .bus import Bus
 from .cell import ActorCell, CellContext, ExitReason, load_actor_class
-from .child import ChildLaunch
+from .children import Child, InprocChild, ProcessChild
 from .mailbox import Mailbox, encode_body
 from .publisher import Publisher
 
@@ -60,142 +56,12 @@ class RuntimeSettings:
     actor_log_levels: dict[str, str] = field(default_factory=dict)
 
 
-class _InprocChild:
-    """A child running on the daemon's event loop."""
-
-    def __init__(self, cell: ActorCell) -> None:
-        self.cell = cell
-        self.exit = cell.exit
-        self.pid: int | None = None
-
-    async def start(self) -> None:
-        await self.cell.start()
-
-    async def stop(self, timeout: float) -> ExitReason:
-        return await self.cell.stop(timeout)
-
-    def set_log_level(self, level: str) -> None:
-        self.cell.set_log_level(level)
-
-
-class _ProcessChild:
-    """A child running in its own spawned process, watched through its exit and its heartbeats."""
-
-    def __init__(self, runtime: Runtime, spec: ActorSpec, level: str) -> None:
-        self._runtime = runtime
-        self.spec = spec
-        self.level = level
-        self.exit: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
-        self.ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.pid: int | None = None
-        self._proc: asyncio.subprocess.Process | None = None
-        self._last_words: ActorExited | None = None
-        self._kill_reason: ExitReason | None = None
-        self._last_beat = 0.0
-        self._tasks: list[asyncio.Task[Any]] = []
-
-    async def start(self) -> int:
-        rt = self._runtime
-        launch = ChildLaunch(
-            spec=self.spec,
-            bus_addr=rt.settings.ipc_addr,
-            state_dir=str(rt.settings.state_dir),
-            log_level=self.level,
-            log_format=rt.settings.log_format,
-            heartbeat_interval=rt.settings.heartbeat_interval,
-            ask_timeout=rt.settings.ask_timeout,
-            sys_path=list(sys.path),
-            parent_pid=os.getpid(),
-        )
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "stationd.daemon.child", self.spec.name, stdin=asyncio.subprocess.PIPE
-        )
-        self.pid = self._proc.pid
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(msgspec.json.encode(launch))
-        await self._proc.stdin.drain()
-        self._proc.stdin.close()
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._watch_exit(), name=f"exit:{self.spec.name}"))
-        try:
-            async with asyncio.timeout(rt.settings.start_timeout):
-                await asyncio.wait([self.ready, self.exit], return_when=asyncio.FIRST_COMPLETED)
-        except TimeoutError:
-            self.kill(ExitReason(f"did not start within {rt.settings.start_timeout:g} s", True))
-            await asyncio.shield(self.exit)
-        if not self.ready.done() or self.exit.done():
-            reason = self.exit.result().reason if self.exit.done() else "did not start"
-            raise ActorFailed(f"{self.spec.name} failed to start: {reason}")
-        self._last_beat = loop.time()
-        self._tasks.append(loop.create_task(self._watch_heartbeats(), name=f"heartbeat:{self.spec.name}"))
-        return self.pid
-
-    def beat(self) -> None:
-        self._last_beat = asyncio.get_running_loop().time()
-
-    def last_words(self, msg: ActorExited) -> None:
-        self._last_words = msg
-
-    def kill(self, reason: ExitReason) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            self._kill_reason = self._kill_reason or reason
-            self._proc.kill()
-
-    async def stop(self, timeout: float) -> ExitReason:
-        if not self.exit.done():
-            # If it is not connected (any more), the kill after the timeout ends it.
-            self._runtime.bus.send(
-                self.spec.name, Envelope(Kind.CONTROL, RUNTIME, body=encode_body(StopActor()))
-            )
-            try:
-                return await asyncio.wait_for(asyncio.shield(self.exit), timeout)
-            except TimeoutError:
-                self.kill(ExitReason(f"killed after shutdown timeout {timeout:g} s", False))
-        return await asyncio.shield(self.exit)
-
-    def set_log_level(self, level: str) -> None:
-        self._runtime.bus.send(
-            self.spec.name, Envelope(Kind.CONTROL, RUNTIME, body=encode_body(SetLogLevel(level)))
-        )
-
-    async def _watch_exit(self) -> None:
-        assert self._proc is not None
-        rc = await self._proc.wait()
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
-        self.exit.set_result(self._exit_reason(rc))
-
-    def _exit_reason(self, rc: int) -> ExitReason:
-        if self._kill_reason is not None:
-            return self._kill_reason
-        if self._last_words is not None:
-            return ExitReason(self._last_words.reason, self._last_words.abnormal or rc != 0)
-        if rc < 0:
-            return ExitReason(f"killed by {signal.Signals(-rc).name}", True)
-        return ExitReason("stopped" if rc == 0 else f"exited with code {rc}", rc != 0)
-
-    async def _watch_heartbeats(self) -> None:
-        loop = asyncio.get_running_loop()
-        timeout = self._runtime.settings.heartbeat_timeout
-        while True:
-            remaining = self._last_beat + timeout - loop.time()
-            if remaining <= 0:
-                self._runtime.log.warning("heartbeat_missed", actor=self.spec.name, timeout=timeout)
-                self.kill(ExitReason(f"hung: no heartbeat for {timeout:g} s, killed", True))
-                return
-            await asyncio.sleep(remaining)
-
-
-_Child = _InprocChild | _ProcessChild
-
-
 @dataclass(slots=True)
 class _Running:
     spec: ChildSpec
     parent: str | None
     incarnation: int
-    child: _Child
+    child: Child
     stopping: bool = False
 
 
@@ -272,11 +138,11 @@ class Runtime:
         if spec.name in self._running:
             raise ActorFailed(f"an actor named {spec.name!r} is already running")
         level = self._level_for(spec)
-        child: _Child
+        child: Child
         if isinstance(spec, SupervisorSpec) or spec.mode == Mode.INPROC:
-            child = _InprocChild(self._make_cell(spec, level))
+            child = InprocChild(self._make_cell(spec, level))
         else:
-            child = _ProcessChild(self, spec, level)
+            child = ProcessChild(spec, level, self.settings, self.bus, self.log)
         self._started_names.add(spec.name)
         self._running[spec.name] = _Running(spec, parent, incarnation, child)
         try:
@@ -365,7 +231,7 @@ class Runtime:
         for mailbox in self._mailboxes:
             mailbox.fail_pending(name, stopped)
         for other in self._running.values():
-            if isinstance(other.child, _InprocChild):
+            if isinstance(other.child, InprocChild):
                 other.child.cell.mailbox.fail_pending(name, stopped)
         if running.stopping:
             return
@@ -417,9 +283,9 @@ class Runtime:
                 if fut is not None and not fut.done():
                     fut.set_result(None)
 
-    def _process_child(self, name: str) -> _ProcessChild | None:
+    def _process_child(self, name: str) -> ProcessChild | None:
         running = self._running.get(name)
-        if running is not None and isinstance(running.child, _ProcessChild):
+        if running is not None and isinstance(running.child, ProcessChild):
             return running.child
         return None
 

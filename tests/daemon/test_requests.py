@@ -94,6 +94,7 @@ def test_msgpack_requests_decode_like_json() -> None:
         (b'{"method": "status", "params": {"x": 1}}', InvalidParams, "unsupported parameters: 'x'"),
         (b'{"method": "status", "params": []}', InvalidParams, "must be an object"),
         (msgspec.msgpack.encode({"method": "status"})[:-2], MalformedRequest, "msgpack decode error"),
+        (b"\x81\xa2\x00\x80", MalformedRequest, "msgpack decode error"),  # a key that is not UTF-8
     ],
 )
 def test_each_kind_of_bad_request_names_its_problem(payload: bytes, error: type, text: str) -> None:

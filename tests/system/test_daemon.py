@@ -54,6 +54,8 @@ BAD_INPUTS = [
     b'{"method": "no_such_method"}',
     msgspec.msgpack.encode({"method": "status"})[:-3],
     msgspec.msgpack.encode([1, 2]),
+    b"\x81\xa2\x00\x80",  # msgpack map whose key is not UTF-8
+    b"\x81\xa6method\xa6status\x81",  # msgpack with trailing garbage
 ]
 
 
