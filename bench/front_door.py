@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import zmq
+
 from stationd.daemon.publisher import Publisher
 from stationd.protocol.client import Client
 from stationd.protocol.codec import Encoding

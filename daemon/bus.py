@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
+
 from stationd.protocol.envelope import RUNTIME, Envelope, Kind
 from stationd.protocol.errors import ActorStopped, StationError, UnknownActor
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 import zmq.asyncio
+
 from stationd.actors.base import Actor
 from stationd.protocol.codec import msgpack_decoder
 from stationd.protocol.envelope import Kind

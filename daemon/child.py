@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import zmq.asyncio
+
 from stationd.actors.specs import ActorSpec
 from stationd.protocol.envelope import RUNTIME
 from stationd.protocol.pubsub import LOG, EventMessage, LogMessage, event_topic

@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+
 from stationd.actors.specs import ActorSpec
 from stationd.protocol.envelope import RUNTIME, Envelope, Kind
 from stationd.protocol.errors import ActorFailed

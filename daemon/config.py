@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
+
 from stationd.actors.specs import ActorSpec, Strategy, SupervisorSpec
 from stationd.protocol.errors import ConfigError
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
+
 from stationd.protocol.client import (
     DEFAULT_CONTROL_ADDR,
     DEFAULT_INFO_ADDR,

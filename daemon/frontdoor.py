@@ -13,6 +13,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+
 from stationd.protocol.errors import InternalError, StationError
 from stationd.protocol.frontdoor import ErrorReply
 from stationd.protocol.methods import FRONT_DOOR, Method

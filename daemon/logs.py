@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 import msgspec
 import structlog
+
 from stationd.protocol.pubsub import LogMessage
 
 __all__ = ["actor_logger", "configure", "level_number"]

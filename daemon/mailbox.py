@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import zmq
 import zmq.asyncio
+
 from stationd.protocol.codec import msgpack_decoder, msgpack_encoder
 from stationd.protocol.envelope import Envelope, Kind
 from stationd.protocol.errors import (

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 import zmq
+
 from stationd.protocol.codec import Encoding, json_encoder, msgpack_encoder
 from stationd.protocol.pubsub import (
     CONSOLE,

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
+
 from stationd.protocol.codec import (
     Encoding,
     detect_encoding,

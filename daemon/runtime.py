@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import zmq.asyncio
+
 from stationd.actors.specs import ActorSpec, ChildSpec, Mode, SupervisorSpec
 from stationd.actors.supervisor import Supervisor
 from stationd.protocol.envelope import RUNTIME, Envelope, Kind

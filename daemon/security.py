@@ -8,8 +8,9 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 import zmq.auth
-from stationd.protocol.errors import ConfigError
 from zmq.auth.asyncio import AsyncioAuthenticator
+
+from stationd.protocol.errors import ConfigError
 
 from .config import SecurityConfig
 

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import zmq
 import zmq.asyncio
+
 from stationd.protocol.codec import Encoding
 from stationd.protocol.envelope import Kind
 from stationd.protocol.errors import ActorFailed, ConfigError, UnsupportedMessage

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import msgspec
+
 from stationd.protocol.pubsub import EventMessage
 from stationd.protocol.supervision import ActorInfo
 from stationd.protocol.system import Status

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from stationd.actors.specs import ActorSpec, RestartType, Strategy, SupervisorSpec
 from stationd.protocol.supervision import ActorState, GetTree
-
 from tests.support.actors import Crash, Echo, Finish
 from tests.support.harness import Harness
 

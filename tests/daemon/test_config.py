@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from stationd.actors.specs import ActorSpec, Mode, Strategy, SupervisorSpec
 from stationd.daemon.config import Config, config_schema, load_config
 from stationd.protocol.errors import ConfigError

@@ -15,10 +15,10 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
+
 from stationd.daemon.ctl import format_duration, main
 from stationd.daemon.security import generate_keys
 from stationd.protocol.version import PROTOCOL_VERSION, VERSION
-
 from tests.support.daemon import DaemonProcess, free_port, start_daemon
 
 TREE_CONFIG = """

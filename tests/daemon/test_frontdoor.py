@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+
 from stationd.actors.specs import ActorSpec
 from stationd.daemon.frontdoor import FrontDoor
 from stationd.daemon.mailbox import Mailbox
@@ -15,7 +16,6 @@ from stationd.daemon.security import CurveServer, Identity
 from stationd.daemon.status import StatusBoard
 from stationd.protocol.client import AsyncClient, CurveKeys
 from stationd.protocol.methods import METHODS, Method, method_table
-
 from tests.support.actors import Block, Echo, Echoed
 from tests.support.daemon import free_port
 from tests.support.harness import Harness

@@ -7,10 +7,10 @@ import signal
 import time
 
 import pytest
+
 from stationd.actors.specs import ActorSpec, Mode
 from stationd.protocol.errors import ActorFailed
 from stationd.protocol.supervision import ActorState, GetTree
-
 from tests.support.actors import Announce, Crash, Echo, Exit
 from tests.support.harness import Harness
 

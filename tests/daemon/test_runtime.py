@@ -6,6 +6,7 @@ import asyncio
 import os
 
 import pytest
+
 from stationd.actors.specs import ActorSpec
 from stationd.protocol.errors import (
     ActorFailed,
@@ -15,7 +16,6 @@ from stationd.protocol.errors import (
     UnknownActor,
 )
 from stationd.protocol.supervision import GetTree
-
 from tests.support.actors import Announce, Block, Crash, Echo, Echoed, Fail, Refuse
 from tests.support.harness import Harness
 

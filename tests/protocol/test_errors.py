@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from stationd.protocol import errors
 from stationd.protocol.errors import StationError, error_from_code
 

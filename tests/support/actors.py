@@ -7,6 +7,7 @@ import os
 from typing import Any, ClassVar
 
 import msgspec
+
 from stationd.actors.base import Actor
 from stationd.protocol.errors import PermissionDenied
 

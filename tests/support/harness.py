@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq.asyncio
+
 from stationd.actors.specs import ChildSpec, Strategy, SupervisorSpec
 from stationd.daemon import logs
 from stationd.daemon.mailbox import Mailbox

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import zmq
+
 from stationd.daemon.security import QSERVER_CLIENT_PUBLIC_KEY, QSERVER_CLIENT_SECRET_KEY
 from stationd.protocol.client import Client, CurveKeys, Subscriber
 from stationd.protocol.errors import DeadlineExceeded
-
 from tests.support.daemon import DaemonProcess, start_daemon
 
 

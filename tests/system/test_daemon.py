@@ -11,9 +11,9 @@ import msgspec
 import psutil
 import pytest
 import zmq
+
 from stationd.protocol.client import Client
 from stationd.protocol.errors import DeadlineExceeded, UnknownMethod
-
 from tests.support.daemon import DaemonProcess, start_daemon
 
 PROCESS_PROBE = """

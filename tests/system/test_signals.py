@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stationd.protocol.client import InfoEvent, Subscriber
 
+from stationd.protocol.client import InfoEvent, Subscriber
 from tests.support.daemon import DaemonProcess, start_daemon
 
 INFO_CONFIG = '[logging]\nlevel = "info"\n'
