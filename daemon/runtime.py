@@ -125,10 +125,18 @@ class Runtime:
         return reason
 
     async def close(self) -> None:
+        """Stop whatever is still running (briefly: the graceful stop already had its time), close the bus."""
         for running in reversed(list(self._running.values())):
             running.stopping = True
             await running.child.stop(1.0)
         self.bus.close()
+
+    def kill_processes(self, why: str) -> None:
+        """SIGKILL every process child now (a forced stop); `close` then reaps them."""
+        for running in self._running.values():
+            if isinstance(running.child, ProcessChild):
+                running.stopping = True
+                running.child.kill(ExitReason(f"killed: {why}", False))
 
     def register_mailbox(self, mailbox: Mailbox) -> None:
         """A daemon component's mailbox: its asks to an actor that stops fail at once."""

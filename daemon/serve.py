@@ -31,12 +31,14 @@ from .security import curve_server
 from .status import StatusBoard
 from .tree import build_tree
 
-__all__ = ["EXIT_ESCALATED", "EXIT_OK", "EXIT_START_FAILED", "serve"]
+__all__ = ["EXIT_ESCALATED", "EXIT_FORCED", "EXIT_OK", "EXIT_START_FAILED", "serve"]
 
 EXIT_OK = 0
 EXIT_START_FAILED = 1
 EXIT_ESCALATED = 2
 """The root supervisor gave up (restart intensity exceeded): systemd's Restart=on-failure takes over."""
+EXIT_FORCED = 3
+"""A second SIGTERM/SIGINT cut the graceful stop short: children were killed."""
 
 
 def config_view(config: Config, state_dir: Path) -> dict[str, Any]:
@@ -54,6 +56,7 @@ class _Daemon:
         self.config = config
         self._reload = reload
         self.stop_requested = asyncio.Event()
+        self.force_requested = asyncio.Event()
         self.exit_code = EXIT_OK
 
     async def run(self) -> int:
@@ -166,7 +169,8 @@ class _Daemon:
             notify("STOPPING=1", "STATUS=stopping")
             board.set_daemon_state("stopping")
             log.info("daemon_stopping", timeout=config.shutdown_timeout)
-            await runtime.stop_root(config.shutdown_timeout)
+            if not await self._stop_tree(runtime, config.shutdown_timeout):
+                self.exit_code = EXIT_FORCED
             log.info("daemon_stopped", exit_code=self.exit_code)
             return self.exit_code
         finally:
@@ -191,8 +195,26 @@ class _Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self.stop_requested.is_set():
+            self.log.warning("forced_stop", signal=sig.name)
+            self.force_requested.set()
+            return
         self.log.info("signal_received", signal=sig.name)
         self.stop_requested.set()
+
+    async def _stop_tree(self, runtime: Runtime, timeout: float) -> bool:
+        """Stop the tree in reverse order; a second stop signal kills what is left. True if graceful."""
+        loop = asyncio.get_running_loop()
+        stopping = loop.create_task(runtime.stop_root(timeout))
+        forced = loop.create_task(self.force_requested.wait())
+        await asyncio.wait([stopping, forced], return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if stopping.done():
+            return True
+        stopping.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
+        runtime.kill_processes("forced stop")
+        return False
 
     def _on_reload(self) -> None:
         if self._reload is None:

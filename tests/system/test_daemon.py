@@ -193,3 +193,17 @@ def test_bad_input_does_not_leak_memory(daemon: DaemonProcess) -> None:
     hammer(1000)  # 12,000 bad requests
     growth_mb = (proc.memory_info().rss - before) / 2**20
     assert growth_mb < 2, f"RSS grew by {growth_mb:.1f} MB over 12,000 bad requests"
+
+
+def test_a_second_sigterm_cuts_a_slow_stop_short_and_kills_the_children(tmp_path: Path) -> None:
+    config = PROCESS_PROBE.replace('mode = "process"', 'mode = "process"\nshutdown_timeout = 60.0')
+    d = start_daemon(tmp_path, config=config)
+    worker = psutil.Process(d.proc.pid).children()[0]
+    worker.suspend()  # SIGSTOP: it cannot answer the graceful stop, which would then take 60 s
+    d.signal(signal.SIGTERM)
+    d.notify.wait_for("STOPPING=1")
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(10) == 3
+    assert psutil.wait_procs([worker], timeout=5)[1] == []
+    assert '"event":"forced_stop"' in d.log()
+    d.notify.close()
