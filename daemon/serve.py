@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,7 @@ __all__ = ["EXIT_ESCALATED", "EXIT_FORCED", "EXIT_OK", "EXIT_START_FAILED", "ser
 
 EXIT_OK = 0
 EXIT_START_FAILED = 1
+"""A socket could not be bound, the security settings are unusable, or the tree failed to start."""
 EXIT_ESCALATED = 2
 """The root supervisor gave up (restart intensity exceeded): systemd's Restart=on-failure takes over."""
 EXIT_FORCED = 3
@@ -51,36 +54,71 @@ def config_view(config: Config, state_dir: Path) -> dict[str, Any]:
     return view
 
 
+def _resolved_format(fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    return "console" if sys.stdout.isatty() else "json"
+
+
 class _Daemon:
+    """One run of the daemon: open, start the tree, wait for a reason to stop, stop in reverse order."""
+
     def __init__(self, config: Config, reload: Callable[[], Config] | None) -> None:
         self.config = config
         self._reload = reload
         self.stop_requested = asyncio.Event()
         self.force_requested = asyncio.Event()
         self.exit_code = EXIT_OK
+        self.zctx = zmq.asyncio.Context()
+        pub_sock = zmq.Context.shadow(self.zctx.underlying).socket(zmq.PUB)
+        pub_sock.setsockopt(zmq.SNDHWM, 100_000)
+        pub_sock.setsockopt(zmq.LINGER, 0)
+        self.pub_sock = pub_sock
+        self.publisher = Publisher(pub_sock, Encoding(config.info_encoding))
+        logs.configure(config.logging.level, config.logging.format, forward=self.publisher.publish_log)
+        self.log = logs.actor_logger("daemon", config.logging.level)
+        self.board = StatusBoard(self.publisher, publish_period=config.status_publish_period)
 
     async def run(self) -> int:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.zctx.destroy, linger=0)
+            stack.callback(self.pub_sock.close)
+            try:
+                await self._open(stack)
+            except (zmq.ZMQError, OSError, ConfigError) as exc:
+                self.log.error("start_failed", error=getattr(exc, "msg", None) or str(exc))
+                return EXIT_START_FAILED
+            try:
+                await self.runtime.start_root(build_tree(self.config))
+            except ActorFailed as exc:
+                self.log.error("start_failed", error=exc.msg)
+                return EXIT_START_FAILED
+            self._ready()
+            await self._wait_for_a_reason_to_stop(stack)
+            notify("STOPPING=1", "STATUS=stopping")
+            self.board.set_daemon_state("stopping")
+            self.log.info("daemon_stopping", timeout=self.config.shutdown_timeout)
+            if not await self._stop_tree():
+                self.exit_code = EXIT_FORCED
+            self.log.info("daemon_stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    async def _open(self, stack: contextlib.AsyncExitStack) -> None:
+        """Bind every socket and start the runtime; each part is closed by `stack` in reverse order."""
         config = self.config
         state_dir = config.resolved_state_dir()
         state_dir.mkdir(parents=True, exist_ok=True)
-        run_dir = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or tempfile.mkdtemp(
-            prefix="stationd-"
-        )
-        owns_run_dir = "RUNTIME_DIRECTORY" not in os.environ
-        zctx = zmq.asyncio.Context()
+        run_dir = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        if not run_dir:  # outside systemd: a private directory for the ipc:// bus of process actors
+            run_dir = tempfile.mkdtemp(prefix="stationd-")
+            stack.callback(shutil.rmtree, run_dir, ignore_errors=True)
         curve = curve_server(config.security)
-        auth = await curve.start_authenticator(zctx) if curve is not None else None
-
-        pub_sock = zmq.Context.shadow(zctx.underlying).socket(zmq.PUB)
-        pub_sock.setsockopt(zmq.SNDHWM, 100_000)
-        pub_sock.setsockopt(zmq.LINGER, 0)
         if curve is not None:
-            curve.apply(pub_sock)
-        publisher = Publisher(pub_sock, Encoding(config.info_encoding))
-        logs.configure(config.logging.level, config.logging.format, forward=publisher.publish_log)
-        log = logs.actor_logger("daemon", config.logging.level)
-        self.log = log
-        board = StatusBoard(publisher, publish_period=config.status_publish_period)
+            auth = await curve.start_authenticator(self.zctx)
+            stack.callback(auth.stop)
+            curve.apply(self.pub_sock)
+        self.pub_sock.bind(config.info_addr)
+
         settings = RuntimeSettings(
             state_dir=state_dir,
             inproc_addr="inproc://stationd-bus",
@@ -93,100 +131,88 @@ class _Daemon:
             log_format=_resolved_format(config.logging.format),
             actor_log_levels=dict(config.logging.actors),
         )
-        runtime = Runtime(zctx, settings, publisher, log)
-        self._runtime, self._publisher = runtime, publisher
-        front: FrontDoor | None = None
-        mailbox: Mailbox | None = None
-        tasks: list[asyncio.Task[Any]] = []
-        try:
-            pub_sock.bind(config.info_addr)
-            runtime.start()
+        self.runtime = Runtime(self.zctx, settings, self.publisher, self.log)
+        stack.push_async_callback(self.runtime.close)
+        self.runtime.start()
 
-            def refuse(req: Request) -> None:
-                if req.envelope.kind == Kind.ASK and mailbox is not None:
-                    mailbox.reply_error(req, UnsupportedMessage("the front door accepts no messages"))
+        def refuse(req: Request) -> None:
+            if req.envelope.kind == Kind.ASK:
+                self.mailbox.reply_error(req, UnsupportedMessage("the front door accepts no messages"))
 
-            mailbox = Mailbox(zctx, settings.inproc_addr, "front_door", on_request=refuse)
-            mailbox.start()
-            runtime.register_mailbox(mailbox)
-            front = FrontDoor(
-                zctx,
-                config.control_addr,
-                methods=METHODS,
-                board=board,
-                config_view=config_view(config, state_dir),
-                mailbox=mailbox,
-                max_request_bytes=config.max_request_bytes,
-                request_timeout=config.request_timeout,
-                curve=curve,
-                log=log,
-            )
-            front.start()
-            self._install_signals()
-            notify("STATUS=starting the actor tree")
-            log.info(
-                "daemon_starting",
-                pid=os.getpid(),
-                state_dir=str(state_dir),
-                control=front.addr,
-                info=config.info_addr,
-                curve=curve is not None,
-            )
-            try:
-                await runtime.start_root(build_tree(config))
-            except ActorFailed as exc:
-                log.error("start_failed", error=exc.msg)
-                self.exit_code = EXIT_START_FAILED
-                return self.exit_code
-            board.set_daemon_state("running")
-            pids = runtime.running_pids()
-            notify(
-                "READY=1",
-                f"STATUS=running: control {front.addr}, info {config.info_addr}, {len(pids)} child processes",
-            )
-            log.info("daemon_ready", control=front.addr, info=config.info_addr)
+        self.mailbox = Mailbox(self.zctx, settings.inproc_addr, "front_door", on_request=refuse)
+        stack.push_async_callback(self.mailbox.close)
+        self.mailbox.start()
+        self.runtime.register_mailbox(self.mailbox)
+        self.front = FrontDoor(
+            self.zctx,
+            config.control_addr,
+            methods=METHODS,
+            board=self.board,
+            config_view=config_view(config, state_dir),
+            mailbox=self.mailbox,
+            max_request_bytes=config.max_request_bytes,
+            request_timeout=config.request_timeout,
+            curve=curve,
+            log=self.log,
+        )
+        stack.push_async_callback(self.front.close)
+        self.front.start()
+        self._install_signals()
+        notify("STATUS=starting the actor tree")
+        self.log.info(
+            "daemon_starting",
+            pid=os.getpid(),
+            state_dir=str(state_dir),
+            control=self.front.addr,
+            info=config.info_addr,
+            curve=curve is not None,
+        )
 
-            loop = asyncio.get_running_loop()
-            tasks.append(loop.create_task(board.publish_periodically(), name="qs_info"))
-            interval = watchdog_interval()
-            if interval is not None:
-                tasks.append(loop.create_task(self._watchdog(interval, runtime, front), name="watchdog"))
-            stop_wait = loop.create_task(self.stop_requested.wait())
-            vital = [t for t in (runtime.bus.task, front.task, mailbox.task) if t is not None]
-            done, _ = await asyncio.wait(
-                [stop_wait, runtime.root_exit, *vital], return_when=asyncio.FIRST_COMPLETED
-            )
-            stop_wait.cancel()
-            if runtime.root_exit in done:
-                reason = runtime.root_exit.result()
-                log.error("tree_failed", reason=reason.reason)
-                notify(f"STATUS=stopping: {reason.reason}")
-                self.exit_code = EXIT_ESCALATED if reason.abnormal else EXIT_OK
-            elif not self.stop_requested.is_set():
-                crashed = next(t for t in vital if t in done)
-                log.error("runtime_failed", task=crashed.get_name(), error=repr(crashed.exception()))
-                self.exit_code = EXIT_ESCALATED
-            notify("STOPPING=1", "STATUS=stopping")
-            board.set_daemon_state("stopping")
-            log.info("daemon_stopping", timeout=config.shutdown_timeout)
-            if not await self._stop_tree(runtime, config.shutdown_timeout):
-                self.exit_code = EXIT_FORCED
-            log.info("daemon_stopped", exit_code=self.exit_code)
-            return self.exit_code
-        finally:
-            for task in tasks:
-                task.cancel()
-            if front is not None:
-                await front.close()
-            if mailbox is not None:
-                await mailbox.close()
-            await runtime.close()
-            if auth is not None:
-                auth.stop()
-            pub_sock.close()
-            zctx.destroy(linger=0)
-            if owns_run_dir:
-                shutil.rmtree(run_dir, ignore_errors=True)
+    def _ready(self) -> None:
+        self.board.set_daemon_state("running")
+        processes = len(self.runtime.running_pids())
+        control, info = self.front.addr, self.config.info_addr
+        notify("READY=1", f"STATUS=running: control {control}, info {info}, {processes} child processes")
+        self.log.info("daemon_ready", control=control, info=info)
+
+    async def _wait_for_a_reason_to_stop(self, stack: contextlib.AsyncExitStack) -> None:
+        """Until a stop signal, the tree giving up, or a vital task of the runtime dying."""
+        loop = asyncio.get_running_loop()
+        background = [loop.create_task(self.board.publish_periodically(), name="qs_info")]
+        interval = watchdog_interval()
+        if interval is not None:
+            background.append(loop.create_task(self._watchdog(interval), name="watchdog"))
+        for task in background:
+            stack.callback(task.cancel)
+        stop_wait = loop.create_task(self.stop_requested.wait())
+        vital = [t for t in (self.runtime.bus.task, self.front.task, self.mailbox.task) if t is not None]
+        done, _ = await asyncio.wait(
+            [stop_wait, self.runtime.root_exit, *vital], return_when=asyncio.FIRST_COMPLETED
+        )
+        stop_wait.cancel()
+        if self.runtime.root_exit in done:
+            reason = self.runtime.root_exit.result()
+            self.log.error("tree_failed", reason=reason.reason)
+            notify(f"STATUS=stopping: {reason.reason}")
+            self.exit_code = EXIT_ESCALATED if reason.abnormal else EXIT_OK
+        elif not self.stop_requested.is_set():
+            crashed = next(t for t in vital if t in done)
+            self.log.error("runtime_failed", task=crashed.get_name(), error=repr(crashed.exception()))
+            self.exit_code = EXIT_ESCALATED
+
+    async def _stop_tree(self) -> bool:
+        """Stop the tree in reverse order; a second stop signal kills what is left. True if graceful."""
+        loop = asyncio.get_running_loop()
+        stopping = loop.create_task(self.runtime.stop_root(self.config.shutdown_timeout))
+        forced = loop.create_task(self.force_requested.wait())
+        await asyncio.wait([stopping, forced], return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if stopping.done():
+            return True
+        stopping.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
+        self.runtime.kill_processes("forced stop")
+        return False
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -202,21 +228,8 @@ class _Daemon:
         self.log.info("signal_received", signal=sig.name)
         self.stop_requested.set()
 
-    async def _stop_tree(self, runtime: Runtime, timeout: float) -> bool:
-        """Stop the tree in reverse order; a second stop signal kills what is left. True if graceful."""
-        loop = asyncio.get_running_loop()
-        stopping = loop.create_task(runtime.stop_root(timeout))
-        forced = loop.create_task(self.force_requested.wait())
-        await asyncio.wait([stopping, forced], return_when=asyncio.FIRST_COMPLETED)
-        forced.cancel()
-        if stopping.done():
-            return True
-        stopping.cancel()
-        await asyncio.gather(stopping, return_exceptions=True)
-        runtime.kill_processes("forced stop")
-        return False
-
     def _on_reload(self) -> None:
+        """SIGHUP: read the config again and apply its log levels (the rest needs a restart)."""
         if self._reload is None:
             return
         try:
@@ -224,32 +237,21 @@ class _Daemon:
         except ConfigError as exc:
             self.log.error("reload_failed", error=exc.msg)
             return
-        logs.configure(new.logging.level, new.logging.format, forward=self._publisher.publish_log)
+        logs.configure(new.logging.level, new.logging.format, forward=self.publisher.publish_log)
         self.log = logs.actor_logger("daemon", new.logging.level)
-        self._runtime.set_log_levels(new.logging.level, dict(new.logging.actors))
+        self.runtime.set_log_levels(new.logging.level, dict(new.logging.actors))
         self.log.info("log_levels_reloaded", default_level=new.logging.level, actors=dict(new.logging.actors))
 
-    async def _watchdog(self, interval: float, runtime: Runtime, front: FrontDoor) -> None:
+    async def _watchdog(self, interval: float) -> None:
         """WATCHDOG=1 only while the bus routes messages and the front door's loop runs."""
         while True:
-            healthy = (
-                front.task is not None
-                and not front.task.done()
-                and await runtime.bus_round_trip(timeout=interval)
-            )
+            front = self.front.task
+            healthy = front is not None and not front.done() and await self.runtime.bus_round_trip(interval)
             if healthy:
                 notify("WATCHDOG=1")
             else:
                 self.log.error("watchdog_unhealthy")
             await asyncio.sleep(interval)
-
-
-def _resolved_format(fmt: str) -> str:
-    import sys
-
-    if fmt != "auto":
-        return fmt
-    return "console" if sys.stdout.isatty() else "json"
 
 
 async def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:

@@ -207,3 +207,21 @@ def test_a_second_sigterm_cuts_a_slow_stop_short_and_kills_the_children(tmp_path
     assert psutil.wait_procs([worker], timeout=5)[1] == []
     assert '"event":"forced_stop"' in d.log()
     d.notify.close()
+
+
+def test_a_port_in_use_is_a_clear_start_failure(daemon: DaemonProcess, tmp_path: Path) -> None:
+    second = start_daemon(tmp_path / "second", args=("--control-addr", daemon.control_addr), wait_ready=False)
+    assert second.proc.wait(10) == 1
+    failure = [line for line in second.log().splitlines() if '"event":"start_failed"' in line]
+    assert failure and "Address already in use" in failure[0], second.log()
+    assert "Traceback" not in second.log()
+    second.notify.close()
+    with daemon.client() as client:
+        assert client.ping().daemon_state == "running"  # the first one is unaffected
+
+
+def test_an_invalid_server_key_is_a_clear_start_failure(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, config='[security]\nserver_secret_key = "not-a-key"\n', wait_ready=False)
+    assert d.proc.wait(10) == 1
+    assert "invalid server secret key" in d.log() and "Traceback" not in d.log()
+    d.notify.close()
