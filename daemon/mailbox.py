@@ -220,10 +220,7 @@ class Mailbox:
         self.closed = True
         if self.task is not None:
             self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.gather(self.task, return_exceptions=True)  # it may have died of its own error
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(
