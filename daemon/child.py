@@ -50,7 +50,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)  # the daemon died between fork and prctl
 
 
-async def _run(launch: ChildLaunch) -> int:
+async def _run(launch: ChildLaunch, zctx: zmq.asyncio.Context) -> int:
     from pathlib import Path
 
     from . import logs
@@ -58,7 +58,6 @@ async def _run(launch: ChildLaunch) -> int:
     from .mailbox import Mailbox
 
     name = launch.spec.name
-    zctx = zmq.asyncio.Context()
     cell: ActorCell | None = None
 
     def send(msg: Any) -> None:
@@ -105,7 +104,6 @@ async def _run(launch: ChildLaunch) -> int:
             reporter = Mailbox(zctx, launch.bus_addr, name, on_request=lambda _r: None, linger_ms=2000)
             reporter.control(RUNTIME, ActorExited(name, reason, True))
             await reporter.close()
-        zctx.term()  # waits (up to each socket's linger) until the report is delivered
         return 1
     send(NodeReady(name, os.getpid()))
 
@@ -117,7 +115,6 @@ async def _run(launch: ChildLaunch) -> int:
     beating = asyncio.get_running_loop().create_task(heartbeat())
     outcome = await cell.exit
     beating.cancel()
-    zctx.term()  # waits (up to each socket's linger) until the last words are delivered
     return 1 if outcome.abnormal else 0
 
 
@@ -127,7 +124,10 @@ def main() -> None:
     launch = msgspec.json.decode(sys.stdin.buffer.read(), type=ChildLaunch)
     _die_with_parent(launch.parent_pid)
     sys.path[:0] = [p for p in launch.sys_path if p not in sys.path]
-    sys.exit(asyncio.run(_run(launch)))
+    zctx = zmq.asyncio.Context()
+    code = asyncio.run(_run(launch, zctx))
+    zctx.term()  # blocks (up to each socket's linger) until the last words reached the daemon
+    sys.exit(code)
 
 
 if __name__ == "__main__":
