@@ -272,7 +272,7 @@ def measure(daemon: Daemon, ctx: mp.context.SpawnContext, procs: list, r: dict) 
     r["pubsub_events_per_s"], r["pubsub_lost"], send_rate = pubsub_rate(ctx, procs)
     print(f"pub/sub: {r['pubsub_events_per_s']:,.0f} events/s received, {r['pubsub_lost']} lost of "
           f"{EVENTS:,} (publish_event calls: {send_rate:,.0f}/s)")  # fmt: skip
-    time.sleep(1.0)
+    time.sleep(1.0)  # let the clients' disconnects and the last QS_Info settle before the idle window
     r["idle_cpu_percent"], fine = idle_cpu(pid)
     print(f"idle CPU, {IDLE_S:g} s: {r['idle_cpu_percent']:.2f} % of a core (schedstat: {fine:.3f} %)")
     r["rss_mb"], r["imports_bluesky"] = footprint(pid)
