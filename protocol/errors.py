@@ -10,15 +10,19 @@ __all__ = [
     "ActorFailed",
     "ActorStopped",
     "ConfigError",
+    "Conflict",
     "DeadlineExceeded",
     "ErrorInfo",
     "InternalError",
     "InvalidParams",
+    "InvalidQuery",
     "InvalidRequest",
     "MalformedRequest",
+    "NotFound",
     "PermissionDenied",
     "RequestTooLarge",
     "StationError",
+    "StorageError",
     "UnknownActor",
     "UnknownMethod",
     "UnsupportedMessage",
@@ -127,6 +131,30 @@ class PermissionDenied(StationError):
     """The caller's identity is not allowed to do this."""
 
     code = "permission_denied"
+
+
+class InvalidQuery(StationError):
+    """A query names an unknown field or lookup, or gives a value of the wrong type."""
+
+    code = "invalid_query"
+
+
+class NotFound(StationError):
+    """No record with this id."""
+
+    code = "not_found"
+
+
+class Conflict(StationError):
+    """The change contradicts the record's state (a duplicate id, a finalized set)."""
+
+    code = "conflict"
+
+
+class StorageError(StationError):
+    """The store cannot be used: unreadable, corrupt, from a newer version, or unreachable."""
+
+    code = "storage_error"
 
 
 class ConfigError(StationError):

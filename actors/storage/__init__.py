@@ -1,0 +1,24 @@
+"""The storage layer (a library for actors, not an actor): typed collections with Django-style lookups.
+
+`Collection` declares a record type; `parse_query` validates lookups into a `Query`; `SQLiteStore` is the
+embedded backend; `evaluate` is the same semantics in plain Python, the reference backends are tested against.
+"""
+
+from .collection import Collection
+from .evaluate import evaluate
+from .fields import Field, Kind
+from .query import DEFAULT_LIMIT, Filter, Order, Query, parse_query
+from .sqlite import SQLiteStore
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "Collection",
+    "Field",
+    "Filter",
+    "Kind",
+    "Order",
+    "Query",
+    "SQLiteStore",
+    "evaluate",
+    "parse_query",
+]

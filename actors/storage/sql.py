@@ -1,0 +1,120 @@
+"""Translation of a validated `Query` into SQLite SQL over the layout `SQLiteStore` creates.
+
+Layout per collection `c`: table `c` with `_rid` (row key), `doc` (the record, msgpack), one typed column
+per scalar field (times as integer microseconds, UUIDs as text), one JSON text column per mapping field
+(queried with `json_extract`), and a side table `c__<field>(value, rid)` per array field, indexed both ways,
+so `overlap` and `contains` use an index instead of scanning JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .collection import Collection
+from .fields import Kind, to_column
+from .query import Filter, Query
+
+__all__ = ["SELECT_COUNT", "column_type", "json_path", "select", "side_table"]
+
+SELECT_COUNT = "SELECT count(*) FROM ({})"
+
+
+def column_type(kind: Kind) -> str:
+    return {Kind.STR: "TEXT", Kind.UUID: "TEXT", Kind.FLOAT: "REAL", Kind.JSON: "TEXT"}.get(kind, "INTEGER")
+
+
+def side_table(coll: Collection, field: str) -> str:
+    return f'"{coll.name}__{field}"'
+
+
+def json_path(path: tuple[str, ...]) -> str:
+    return "$" + "".join('."' + p.replace('"', '""') + '"' for p in path)
+
+
+def _encode(f: Filter, value: Any) -> Any:
+    if f.kind == Kind.JSON:
+        return int(value) if isinstance(value, bool) else value
+    return to_column(f.kind, value)
+
+
+def _placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _condition(coll: Collection, f: Filter, params: list[Any]) -> str:
+    if coll.fields[f.field].kind == Kind.ARRAY:
+        return _array_condition(coll, f, params)
+    if f.lookup == "in" and not f.value:
+        return "0"  # nothing to look for: no row matches
+    if f.path:  # the path is a quoted literal, not a parameter: `col` may appear twice in one condition
+        literal = json_path(f.path).replace("'", "''")
+        col = f"json_extract(t.\"{f.field}\", '{literal}')"
+    else:
+        col = f't."{f.field}"'
+    match f.lookup:
+        case "isnull":
+            return f"{col} IS {'' if f.value else 'NOT '}NULL"
+        case "exact" if f.value is None:
+            return f"{col} IS NULL"
+        case "exact":
+            params.append(_encode(f, f.value))
+            return f"{col} = ?"
+        case "in":
+            params.extend(_encode(f, v) for v in f.value)
+            return f"{col} IN ({_placeholders(len(f.value))})"
+        case "range":
+            params.extend(_encode(f, v) for v in f.value)
+            return f"{col} BETWEEN ? AND ?"
+        case "contains":
+            params.append(f.value)
+            return f"(typeof({col}) = 'text' AND instr({col}, ?) > 0)"
+        case "icontains":
+            params.append(f.value)
+            return f"(typeof({col}) = 'text' AND stationd_icontains({col}, ?))"
+        case _:
+            raise AssertionError(f.lookup)
+
+
+def _array_condition(coll: Collection, f: Filter, params: list[Any]) -> str:
+    side = side_table(coll, f.field)
+    values = list(dict.fromkeys(_encode(f, v) for v in f.value)) if f.lookup != "isnull" else []
+    match f.lookup:
+        case "isnull":
+            return "0" if f.value else "1"  # array fields are never null
+        case "overlap":
+            if not values:
+                return "0"
+            params.extend(values)
+            return f"t._rid IN (SELECT rid FROM {side} WHERE value IN ({_placeholders(len(values))}))"
+        case "contains":
+            if not values:
+                return "1"
+            params.extend(values)
+            wanted = _placeholders(len(values))
+            return f"(SELECT count(*) FROM {side} WHERE rid = t._rid AND value IN ({wanted})) = {len(values)}"
+        case _:
+            raise AssertionError(f.lookup)
+
+
+def select(coll: Collection, q: Query) -> tuple[str, str, list[Any], list[Any]]:
+    """(page SQL, count SQL, page params, count params); the page selects `doc`."""
+    params: list[Any] = []
+    where = " AND ".join(_condition(coll, f, params) for f in q.filters) or "1"
+    table = f'"{coll.name}"'
+    if q.latest is not None:
+        newest = f't."{coll.created_field}" DESC, t."{coll.id_field}" DESC'
+        source = (
+            f'(SELECT t.*, row_number() OVER (PARTITION BY t."{q.latest}" ORDER BY {newest}) AS _rn '
+            f"FROM {table} AS t WHERE {where}) AS t WHERE t._rn = 1"
+        )
+    else:
+        source = f"{table} AS t WHERE {where}"
+    order = [f't."{o.field}" {"DESC" if o.descending else "ASC"}' for o in q.order_by]
+    order.append(f't."{coll.id_field}" ASC')
+    page = f"SELECT t.doc FROM {source} ORDER BY {', '.join(order)}"
+    page_params = list(params)
+    if q.limit > 0 or q.offset:
+        page += " LIMIT ? OFFSET ?"
+        page_params += [q.limit if q.limit > 0 else -1, q.offset]
+    count = SELECT_COUNT.format(f"SELECT 1 FROM {source}")
+    return page, count, page_params, params

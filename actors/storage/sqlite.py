@@ -1,0 +1,440 @@
+"""The embedded backend: one SQLite file per store, WAL, a writer thread that commits queued writes together,
+and reader threads for queries (one thread hop per call, never per row)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from stationd.protocol.codec import msgpack_decoder, msgpack_encoder
+from stationd.protocol.errors import Conflict, NotFound, StationError, StorageError
+
+from .collection import Collection
+from .fields import Kind, to_column
+from .query import Query
+from .sql import column_type, select, side_table
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+SCHEMA_VERSION = 1
+"""Layout version written to `PRAGMA user_version`; a file with a higher one is refused, never rewritten."""
+APPLICATION_ID = 0x53544E44  # "STND": marks the file as a stationd store
+_MAX_BATCH = 512
+"""Most write calls committed in one transaction."""
+
+
+def _icontains(haystack: Any, needle: Any) -> bool:
+    return isinstance(haystack, str) and isinstance(needle, str) and needle.casefold() in haystack.casefold()
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.create_function("stationd_icontains", 2, _icontains, deterministic=True)
+    return conn
+
+
+@dataclass(slots=True)
+class _Write:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass(slots=True)
+class _Layout:
+    """Per-collection statements and counters, prepared once."""
+
+    coll: Collection
+    columns: list[str]
+    insert: str
+    update: str
+    side_inserts: dict[str, str]
+    next_rid: int = 1
+    next_id: int = 1
+    encode: Callable[[Any], bytes] = field(default=msgpack_encoder().encode)
+    decoder: Any = None
+
+
+class SQLiteStore:
+    """Collections of msgspec records in one SQLite file."""
+
+    def __init__(self, path: Path, collections: Sequence[Collection], *, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._layouts = {c.name: self._layout(c) for c in collections}
+        self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"sqlite-read-{self.path.stem}")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    # -- life cycle -----------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Open (or create) the file and bring every collection's layout up to date; raise `StorageError`
+        when the file is not a stationd store, is corrupt or comes from a newer version."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._writes.put(_Write(self._prepare, ready, loop))  # the writer's first job, before anything else
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"sqlite-write-{self.path.stem}", daemon=True
+        )
+        self._writer.start()
+        try:
+            await ready
+        except StorageError:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writes.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    # -- writes: each call is one all-or-nothing unit ------------------------------------------------------
+    async def insert(self, coll: str, records: Sequence[msgspec.Struct]) -> list[Any]:
+        """Insert records (ids assigned where missing); all or none. Raises `Conflict` on a duplicate id."""
+        layout = self._layouts[coll]
+        return await self._write(lambda conn: self._insert(conn, layout, records))
+
+    async def update(self, coll: str, records: Sequence[msgspec.Struct]) -> None:
+        """Replace existing records by id; all or none. Raises `NotFound` naming a missing id."""
+        layout = self._layouts[coll]
+        await self._write(lambda conn: self._replace(conn, layout, records, create=False))
+
+    async def upsert(self, coll: str, records: Sequence[msgspec.Struct]) -> list[bool]:
+        """Replace records by id, inserting those that do not exist; returns which ones were created."""
+        layout = self._layouts[coll]
+        return await self._write(lambda conn: self._replace(conn, layout, records, create=True))
+
+    async def delete(self, coll: str, ids: Sequence[Any]) -> int:
+        """Delete records by id; returns how many existed."""
+        layout = self._layouts[coll]
+        return await self._write(lambda conn: self._delete(conn, layout, ids))
+
+    # -- reads ---------------------------------------------------------------------------------------------
+    async def get(self, coll: str, record_id: Any) -> Any | None:
+        found = await self.get_many(coll, [record_id])
+        return found[0] if found else None
+
+    async def get_many(self, coll: str, ids: Sequence[Any]) -> list[Any]:
+        """The records with these ids that exist, in the order of `ids`."""
+        layout = self._layouts[coll]
+        c = layout.coll
+        kind = c.fields[c.id_field].kind
+        keys = [to_column(kind, i) for i in ids]
+
+        def read(conn: sqlite3.Connection) -> list[Any]:
+            found: dict[Any, Any] = {}
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                wanted = ",".join("?" * len(chunk))
+                sql = f'SELECT "{c.id_field}", doc FROM "{c.name}" WHERE "{c.id_field}" IN ({wanted})'
+                found.update(conn.execute(sql, chunk).fetchall())
+            return [layout.decoder.decode(found[k]) for k in keys if k in found]
+
+        return await self._read(read)
+
+    async def query(self, coll: str, q: Query) -> tuple[list[Any], int]:
+        """(the page of records, how many match in all)."""
+        layout = self._layouts[coll]
+        page_sql, count_sql, page_params, count_params = select(layout.coll, q)
+
+        def read(conn: sqlite3.Connection) -> tuple[list[Any], int]:
+            docs = conn.execute(page_sql, page_params).fetchall()
+            count = conn.execute(count_sql, count_params).fetchone()[0]
+            return [layout.decoder.decode(d) for (d,) in docs], count
+
+        return await self._read(read)
+
+    async def count(self, coll: str, q: Query | None = None) -> int:
+        _, count_sql, _, params = select(self._layouts[coll].coll, q or Query())
+        return await self._read(lambda conn: conn.execute(count_sql, params).fetchone()[0])
+
+    # -- internals: layout and schema ------------------------------------------------------------------------
+    @staticmethod
+    def _layout(coll: Collection) -> _Layout:
+        columns = [f.name for f in coll.column_fields]
+        names = ", ".join(f'"{n}"' for n in ["_rid", "doc", *columns])
+        insert = f'INSERT INTO "{coll.name}" ({names}) VALUES ({",".join("?" * (len(columns) + 2))})'
+        update = (
+            f'UPDATE "{coll.name}" SET '
+            + ", ".join(f'"{n}" = ?' for n in ["doc", *columns])
+            + " WHERE _rid = ?"
+        )
+        sides = {
+            f.name: f"INSERT OR IGNORE INTO {side_table(coll, f.name)} (value, rid) VALUES (?, ?)"
+            for f in coll.array_fields
+        }
+        return _Layout(coll, columns, insert, update, sides, decoder=msgpack_decoder(coll.record))
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Runs in the writer thread inside the first transaction: check the file, create or migrate."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if app_id not in (0, APPLICATION_ID):
+            raise StorageError(
+                f"{self.path} is an SQLite file of another application (id {app_id:#x}); refusing to use it"
+            )
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path} has layout version {version}, newer than this stationd reads "
+                f"({SCHEMA_VERSION}); "
+                "refusing to touch it (upgrade stationd, or point it at another state directory)"
+            )
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        for layout in self._layouts.values():
+            self._ensure_tables(conn, layout)
+
+    def _ensure_tables(self, conn: sqlite3.Connection, layout: _Layout) -> None:
+        """Create the collection's tables, or add what a newer record type declares (filled from `doc`)."""
+        c = layout.coll
+        typed = {f.name: column_type(f.kind) for f in c.column_fields}
+        conn.execute(f'CREATE TABLE IF NOT EXISTS "{c.name}" (_rid INTEGER PRIMARY KEY, doc BLOB NOT NULL)')
+        present = {row[1] for row in conn.execute(f'PRAGMA table_info("{c.name}")')}
+        added = [n for n in layout.columns if n not in present]
+        for name in added:
+            conn.execute(f'ALTER TABLE "{c.name}" ADD COLUMN "{name}" {typed[name]}')
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        new_sides = [f for f in c.array_fields if f"{c.name}__{f.name}" not in tables]
+        for f in new_sides:
+            side = side_table(c, f.name)
+            conn.execute(
+                f"CREATE TABLE {side} (value NOT NULL, rid INTEGER NOT NULL, PRIMARY KEY (value, rid))"
+                " WITHOUT ROWID"
+            )
+            conn.execute(f'CREATE INDEX "{c.name}__{f.name}__rid" ON {side} (rid)')
+        if (added or new_sides) and conn.execute(f'SELECT 1 FROM "{c.name}" LIMIT 1').fetchone():
+            self._backfill(conn, layout, added, [f.name for f in new_sides])
+        conn.execute(f'CREATE UNIQUE INDEX IF NOT EXISTS "{c.name}__id" ON "{c.name}" ("{c.id_field}")')
+        if c.created_field:
+            conn.execute(
+                f'CREATE INDEX IF NOT EXISTS "{c.name}__created" ON "{c.name}" ("{c.created_field}")'
+            )
+        for index in c.indexes:
+            cols = ", ".join(f'"{n}"' for n in index)
+            conn.execute(f'CREATE INDEX IF NOT EXISTS "{c.name}__{"__".join(index)}" ON "{c.name}" ({cols})')
+        layout.next_rid = conn.execute(f'SELECT coalesce(max(_rid), 0) + 1 FROM "{c.name}"').fetchone()[0]
+        if c.id_kind == "int":
+            layout.next_id = conn.execute(
+                f'SELECT coalesce(max("{c.id_field}"), 0) + 1 FROM "{c.name}"'
+            ).fetchone()[0]
+
+    def _backfill(
+        self, conn: sqlite3.Connection, layout: _Layout, columns: list[str], sides: list[str]
+    ) -> None:
+        c = layout.coll
+        for rid, doc in conn.execute(f'SELECT _rid, doc FROM "{c.name}"').fetchall():
+            record = layout.decoder.decode(doc)
+            if columns:
+                sets = ", ".join(f'"{n}" = ?' for n in columns)
+                values = [to_column(c.fields[n].kind, getattr(record, n)) for n in columns]
+                conn.execute(f'UPDATE "{c.name}" SET {sets} WHERE _rid = ?', [*values, rid])
+            for name in sides:
+                kind = c.fields[name].item_kind or Kind.STR
+                conn.executemany(
+                    layout.side_inserts[name], [(to_column(kind, v), rid) for v in getattr(record, name)]
+                )
+
+    # -- internals: writing ----------------------------------------------------------------------------------
+    def _row(self, layout: _Layout, record: Any, rid: int) -> list[Any]:
+        c = layout.coll
+        return [
+            rid,
+            layout.encode(record),
+            *(to_column(c.fields[n].kind, getattr(record, n)) for n in layout.columns),
+        ]
+
+    def _write_sides(self, conn: sqlite3.Connection, layout: _Layout, rows: list[tuple[int, Any]]) -> None:
+        for f in layout.coll.array_fields:
+            kind = f.item_kind or Kind.STR
+            conn.executemany(
+                layout.side_inserts[f.name],
+                [(to_column(kind, v), rid) for rid, r in rows for v in getattr(r, f.name)],
+            )
+
+    def _insert(self, conn: sqlite3.Connection, layout: _Layout, records: Sequence[Any]) -> list[Any]:
+        c = layout.coll
+        out, rows = [], []
+        for record in records:
+            if getattr(record, c.id_field) is None:
+                if c.id_kind == "str":
+                    raise Conflict(f"{c.name}: records need an explicit {c.id_field}")
+                new_id: Any = layout.next_id if c.id_kind == "int" else uuid.uuid4()
+                layout.next_id += c.id_kind == "int"
+                record = msgspec.structs.replace(record, **{c.id_field: new_id})
+            elif c.id_kind == "int":
+                layout.next_id = max(layout.next_id, getattr(record, c.id_field) + 1)
+            out.append(record)
+            rows.append((layout.next_rid, record))
+            layout.next_rid += 1
+        try:
+            conn.executemany(layout.insert, [self._row(layout, r, rid) for rid, r in rows])
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(
+                f"{c.name}: a record with one of these {c.id_field}s exists already ({exc})"
+            ) from None
+        self._write_sides(conn, layout, rows)
+        return out
+
+    def _rids(self, conn: sqlite3.Connection, layout: _Layout, ids: Sequence[Any]) -> dict[Any, int]:
+        c = layout.coll
+        kind = c.fields[c.id_field].kind
+        found: dict[Any, int] = {}
+        for i in ids:
+            row = conn.execute(
+                f'SELECT _rid FROM "{c.name}" WHERE "{c.id_field}" = ?', [to_column(kind, i)]
+            ).fetchone()
+            if row is not None:
+                found[i] = row[0]
+        return found
+
+    def _replace(
+        self, conn: sqlite3.Connection, layout: _Layout, records: Sequence[Any], *, create: bool
+    ) -> list[bool]:
+        c = layout.coll
+        rids = self._rids(conn, layout, [getattr(r, c.id_field) for r in records])
+        missing = [getattr(r, c.id_field) for r in records if getattr(r, c.id_field) not in rids]
+        if missing and not create:
+            raise NotFound(f"{c.name}: no record with {c.id_field} {missing[0]}")
+        created = []
+        existing = [(rids[getattr(r, c.id_field)], r) for r in records if getattr(r, c.id_field) in rids]
+        if existing:
+            conn.executemany(layout.update, [[*self._row(layout, r, rid)[1:], rid] for rid, r in existing])
+            for f in c.array_fields:
+                conn.executemany(
+                    f"DELETE FROM {side_table(c, f.name)} WHERE rid = ?", [(rid,) for rid, _ in existing]
+                )
+            self._write_sides(conn, layout, existing)
+        new = [r for r in records if getattr(r, c.id_field) not in rids]
+        if new:
+            self._insert(conn, layout, new)
+        for r in records:
+            created.append(getattr(r, c.id_field) not in rids)
+        return created
+
+    def _delete(self, conn: sqlite3.Connection, layout: _Layout, ids: Sequence[Any]) -> int:
+        c = layout.coll
+        rids = list(self._rids(conn, layout, ids).values())
+        for f in c.array_fields:
+            conn.executemany(f"DELETE FROM {side_table(c, f.name)} WHERE rid = ?", [(rid,) for rid in rids])
+        conn.executemany(f'DELETE FROM "{c.name}" WHERE _rid = ?', [(rid,) for rid in rids])
+        return len(rids)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._writer is None:
+            raise StorageError(f"{self.path}: the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._writes.put(_Write(fn, future, loop))
+        return await future
+
+    def _write_loop(self) -> None:
+        """Writer thread: take every queued write, run each in its own savepoint, commit them together."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = _connect(self.path, readonly=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except sqlite3.Error as exc:
+            self._fail_all(StorageError(f"cannot open {self.path}: {exc}"))
+            return
+        stop = False
+        while not stop:
+            batch = [self._writes.get()]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    batch.append(self._writes.get_nowait())
+                except queue.Empty:
+                    break
+            if None in batch:
+                stop = True
+                batch = [w for w in batch if w is not None]
+            if batch:
+                self._commit(conn, batch)
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
+        results: list[tuple[_Write, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                conn.execute("SAVEPOINT w")
+                try:
+                    results.append((write, write.fn(conn), None))
+                    conn.execute("RELEASE w")
+                except (StationError, sqlite3.Error, msgspec.ValidationError) as exc:
+                    conn.execute("ROLLBACK TO w")
+                    conn.execute("RELEASE w")
+                    results.append((write, None, exc))
+            conn.execute("COMMIT")
+        except (
+            sqlite3.Error
+        ) as exc:  # the commit itself failed (disk full, corrupt file): nothing was written
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            error = self._storage_error(exc)
+            results = [(w, None, error) for w in batch]
+        for write, value, error in results:
+            write.loop.call_soon_threadsafe(_settle, write.future, value, error)
+
+    def _storage_error(self, exc: BaseException) -> StationError:
+        if isinstance(exc, StationError):
+            return exc
+        return StorageError(f"{self.path}: {exc}")
+
+    def _fail_all(self, error: StationError) -> None:
+        while True:
+            try:
+                write = self._writes.get_nowait()
+            except queue.Empty:
+                return
+            if write is not None:
+                write.loop.call_soon_threadsafe(_settle, write.future, None, error)
+
+    # -- internals: reading ----------------------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self.path, readonly=True)
+            with self._lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        def run() -> Any:
+            try:
+                return fn(self._reader())
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error if isinstance(error, StationError) else StorageError(str(error)))
+    else:
+        future.set_result(value)
