@@ -97,10 +97,7 @@ def _value(f: Field, kind: Kind, lookup: str, raw: Any, key: str) -> Any:
     type_ = JsonScalar if kind == Kind.JSON else f.py_type
     match lookup:
         case "in" | "overlap":
-            values = [_convert(v, type_, key) for v in _as_list(raw)]
-            if any(v is None for v in values):
-                raise ValueError(f"{key}: null is not a value to look for (use __isnull)")
-            return tuple(values)
+            return tuple(_convert(v, type_, key) for v in _as_list(raw))  # null is refused: use __isnull
         case "contains" if f.kind == Kind.ARRAY:
             return tuple(_convert(v, type_, key) for v in _as_list(raw))
         case "contains" | "icontains":
@@ -109,10 +106,7 @@ def _value(f: Field, kind: Kind, lookup: str, raw: Any, key: str) -> Any:
             bounds = raw if isinstance(raw, (list, tuple)) else _as_list(raw)
             if len(bounds) != 2:
                 raise ValueError(f"{key}: a range needs exactly two bounds [low, high], got {len(bounds)}")
-            low, high = (_convert(v, type_, key) for v in bounds)
-            if low is None or high is None:
-                raise ValueError(f"{key}: range bounds cannot be null")
-            return (low, high)
+            return tuple(_convert(v, type_, key) for v in bounds)
         case _:  # exact
             return None if raw is None else _convert(raw, type_, key)
 

@@ -187,8 +187,8 @@ class SQLiteStore:
         }
         return _Layout(coll, columns, insert, update, sides, decoder=msgpack_decoder(coll.record))
 
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        """Runs in the writer thread inside the first transaction: check the file, create or migrate."""
+    def _check_file(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file that is not ours or is newer, before anything (even WAL mode) writes to it."""
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         if app_id not in (0, APPLICATION_ID):
@@ -201,6 +201,9 @@ class SQLiteStore:
                 f"({SCHEMA_VERSION}); "
                 "refusing to touch it (upgrade stationd, or point it at another state directory)"
             )
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Runs in the writer thread inside the first transaction: mark the file ours, create or migrate."""
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         for layout in self._layouts.values():
@@ -354,10 +357,15 @@ class SQLiteStore:
         conn: sqlite3.Connection | None = None
         try:
             conn = _connect(self.path, readonly=False)
+            self._check_file(conn)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.Error as exc:
             self._fail_all(StorageError(f"cannot open {self.path}: {exc}"))
+            return
+        except StorageError as exc:
+            conn.close()
+            self._fail_all(exc)
             return
         stop = False
         while not stop:
