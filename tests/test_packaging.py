@@ -29,8 +29,9 @@ def test_a_wheel_holds_the_three_packages_and_runs_from_its_own_files(tmp_path: 
     (wheel,) = (tmp_path / "dist").glob("stationd-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for folder in ("daemon", "actors", "protocol"):
-        sources = {p.name for p in (ROOT / folder).glob("*.py")}
-        packaged = {Path(n).name for n in names if n.startswith(f"stationd/{folder}/") and n.endswith(".py")}
+        sources = {p.relative_to(ROOT / folder).as_posix() for p in (ROOT / folder).rglob("*.py")}
+        prefix = f"stationd/{folder}/"
+        packaged = {n.removeprefix(prefix) for n in names if n.startswith(prefix) and n.endswith(".py")}
         assert packaged == sources, folder
     assert "stationd/protocol/schema.json" in names
     assert not any(n.startswith(("daemon/", "actors/", "protocol/", "tests/")) for n in names)
