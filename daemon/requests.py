@@ -88,6 +88,8 @@ class RequestDecoder:
         if method is None:
             raise UnknownMethod(f"Unknown method '{request.method}'")
         raw = request.params
+        if method.lookups:
+            return method, method.params(lookups=self._lookups(codec, method, raw))
         if not len(raw):
             try:
                 return method, method.params()
@@ -98,6 +100,17 @@ class RequestDecoder:
         except msgspec.ValidationError as exc:
             raise InvalidParams(self._params_error(codec, method, raw, exc)) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # params stayed raw bytes until now
+            raise MalformedRequest(f"Failed to decode the params: {exc}") from None
+
+    @staticmethod
+    def _lookups(codec: Codec, method: Method, raw: msgspec.Raw) -> dict[str, Any]:
+        if not len(raw):
+            return {}
+        try:
+            return codec.mapping.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise InvalidParams(f"Params of '{method.name}' must be an object of lookups: {exc}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise MalformedRequest(f"Failed to decode the params: {exc}") from None
 
     def _params_error(

@@ -1,11 +1,14 @@
 """Encoders and decoders for the bus (msgpack) and for clients (JSON or msgpack, detected per message).
 
 numpy values are supported without importing numpy up front (the daemon must start fast): arrays travel as a
-msgpack extension (dtype, shape, raw bytes) or as nested lists in JSON; numpy scalars become Python scalars.
+msgpack extension (dtype, shape, raw bytes); in JSON, arrays and complex numbers use IQM station control's
+objects (`{"__ndarray__": "true", "data": <base64>, "dtype", "shape"}`, `{"__complex__": "true", "real",
+"imag"}`), which `revive` turns back into values. numpy scalars become Python scalars.
 """
 
 from __future__ import annotations
 
+import base64
 from enum import StrEnum
 from typing import Any
 
@@ -23,6 +26,7 @@ __all__ = [
     "json_encoder",
     "msgpack_decoder",
     "msgpack_encoder",
+    "revive",
 ]
 
 NDARRAY_EXT = 1
@@ -70,17 +74,38 @@ def enc_hook_msgpack(obj: Any) -> Any:
 
 
 def enc_hook_json(obj: Any) -> Any:
-    """Encode numpy arrays as nested lists and numpy scalars as Python scalars; complex as [real, imag]."""
+    """Encode arrays and complex numbers as IQM's marker objects, numpy scalars as Python scalars."""
     if isinstance(obj, complex):
-        return [obj.real, obj.imag]
+        return {"__complex__": "true", "real": obj.real, "imag": obj.imag}
     if _is_numpy(obj):
         import numpy as np
 
+        if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+            data = base64.b64encode(np.ascontiguousarray(obj).tobytes()).decode()
+            return {"__ndarray__": "true", "data": data, "dtype": obj.dtype.str, "shape": list(obj.shape)}
         if isinstance(obj, np.ndarray):
             return obj.tolist()
         if isinstance(obj, np.generic):
             return obj.item()
     raise NotImplementedError(f"cannot encode objects of type {type(obj).__name__}")
+
+
+def revive(value: Any) -> Any:
+    """Turn IQM's `__complex__`/`__ndarray__`/`__tuple__` objects (from JSON) back into values."""
+    if isinstance(value, list):
+        return [revive(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__complex__" in value:
+        return complex(value["real"], value["imag"])
+    if "__ndarray__" in value:
+        import numpy as np
+
+        raw = base64.b64decode(value["data"])
+        return np.frombuffer(raw, dtype=np.dtype(value["dtype"])).reshape(tuple(value["shape"])).copy()
+    if "__tuple__" in value:
+        return tuple(revive(v) for v in value["data"])
+    return {k: revive(v) for k, v in value.items()}
 
 
 def ext_hook(code: int, data: memoryview) -> Any:
@@ -99,12 +124,14 @@ def ext_hook(code: int, data: memoryview) -> Any:
 
 def dec_hook(type_: type, obj: Any) -> Any:
     """Build numpy arrays and complex numbers from their JSON forms when a Struct field asks for them."""
+    if type_ is complex and isinstance(obj, dict) and "__complex__" in obj:
+        return revive(obj)
     if type_ is complex and isinstance(obj, list) and len(obj) == 2:
         return complex(obj[0], obj[1])
     if getattr(type_, "__module__", "") == "numpy" and getattr(type_, "__name__", "") == "ndarray":
         import numpy as np
 
-        return np.asarray(obj)
+        return revive(obj) if isinstance(obj, dict) else np.asarray(obj)
     raise NotImplementedError(f"cannot decode {type(obj).__name__} as {type_!r}")
 
 

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 import msgspec
 
+from . import observations as obs
 from .system import ConfigGetParams, ConfigGetReply, PingParams, Status, StatusParams
 
-__all__ = ["FRONT_DOOR", "METHODS", "Method", "method_table"]
+__all__ = ["FRONT_DOOR", "METHODS", "OBSERVATION_STORE", "Method", "method_table"]
 
 FRONT_DOOR = "front_door"
 """Owner of the methods the front door answers itself (from its status snapshot or the daemon config)."""
+OBSERVATION_STORE = "observation_store"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,8 @@ class Method:
     owner: str
     reply: type[msgspec.Struct]
     doc: str
+    lookups: bool = False
+    """The params object is a set of query lookups, passed to the actor as `params.lookups`."""
 
 
 def method_table(methods: Iterable[Method]) -> Mapping[str, Method]:
@@ -50,5 +54,37 @@ METHODS: Mapping[str, Method] = method_table(
             ConfigGetReply,
             "The daemon's effective configuration (secrets removed).",
         ),
+        *[
+            Method(
+                p.__struct_config__.tag,
+                p,
+                OBSERVATION_STORE,
+                p.reply_type,
+                (p.__doc__ or "").split("\n")[0],
+                lookups="lookups" in p.__struct_fields__,
+            )
+            for p in (
+                obs.ObservationsCreate,
+                obs.ObservationsQuery,
+                obs.ObservationsGet,
+                obs.ObservationsUpdate,
+                obs.ObservationSetsCreate,
+                obs.ObservationSetsGet,
+                obs.ObservationSetsQuery,
+                obs.ObservationSetsUpdate,
+                obs.ObservationSetsFinalize,
+                obs.ObservationSetObservations,
+                obs.SequenceMetadatasCreate,
+                obs.SequenceMetadatasQuery,
+                obs.SequenceResultSave,
+                obs.SequenceResultGet,
+                obs.DutsGet,
+                obs.DutFieldsGet,
+                obs.SettingsGet,
+                obs.SoftwareVersionSetGetOrCreate,
+                obs.MessagesInsert,
+                obs.MessagesQuery,
+            )
+        ],
     ]
 )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import enum
 import math
 import types
 import typing
+import uuid
 from typing import Any
 
 import msgspec
@@ -21,6 +23,7 @@ from stationd.protocol.codec import (
     json_encoder,
     msgpack_decoder,
     msgpack_encoder,
+    revive,
 )
 from stationd.protocol.schema import all_message_types
 
@@ -65,6 +68,11 @@ _JSON_VALUES = st.recursive(
 def _value_strategy(tp: Any) -> st.SearchStrategy[Any]:
     """Values of a field type; integers stay within msgpack's and JSON's exact range."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        meta = next((a for a in args[1:] if isinstance(a, msgspec.Meta)), None)
+        if args[0] is str and meta is not None and meta.min_length:
+            return st.text(min_size=meta.min_length, max_size=20)
+        return _value_strategy(args[0])
     if tp is Any:
         return _JSON_VALUES
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
@@ -85,6 +93,8 @@ def _value_strategy(tp: Any) -> st.SearchStrategy[Any]:
         int: st.integers(min_value=-(2**53), max_value=2**53),
         float: st.floats(allow_nan=False, allow_infinity=False),
         str: st.text(max_size=20),
+        uuid.UUID: st.uuids(),
+        datetime.datetime: st.datetimes(timezones=st.just(datetime.UTC)),
     }
     return simple[tp]
 
@@ -120,16 +130,26 @@ def test_numpy_arrays_round_trip_exactly_in_msgpack(shape_dtype: tuple[list[int]
     np.testing.assert_array_equal(out, arr)
 
 
-def test_numpy_values_become_lists_and_scalars_in_json() -> None:
-    encoded = json_encoder().encode(
-        {"a": np.array([[1, 2], [3, 4]]), "f": np.float64(1.5), "b": np.bool_(True)}
-    )
-    assert json_decoder().decode(encoded) == {"a": [[1, 2], [3, 4]], "f": 1.5, "b": True}
+def test_numpy_arrays_travel_in_json_as_iqm_objects_and_come_back_exactly() -> None:
+    arr = np.array([[1, 2], [3, 4]], dtype=np.int16)
+    encoded = json_encoder().encode({"a": arr, "f": np.float64(1.5), "b": np.bool_(True)})
+    plain = json_decoder().decode(encoded)
+    assert plain["a"] == {"__ndarray__": "true", "data": "AQACAAMABAA=", "dtype": "<i2", "shape": [2, 2]}
+    assert (plain["f"], plain["b"]) == (1.5, True)
+    back = revive(plain)["a"]
+    assert back.dtype == arr.dtype
+    np.testing.assert_array_equal(back, arr)
 
 
 def test_complex_numbers_round_trip() -> None:
     assert msgpack_decoder().decode(msgpack_encoder().encode([1 + 2j])) == [1 + 2j]
+    marker = {"__complex__": "true", "real": 1.0, "imag": 2.0}
+    assert json_decoder().decode(json_encoder().encode([1 + 2j])) == [marker]
     assert json_decoder(list[complex]).decode(json_encoder().encode([1 + 2j])) == [1 + 2j]
+    revived = revive(
+        {"v": {"__complex__": True, "real": 0, "imag": -1}, "t": {"__tuple__": "true", "data": [1]}}
+    )
+    assert revived == {"v": -1j, "t": (1,)}
 
 
 def test_unsupported_objects_are_refused_with_their_type_named() -> None:
