@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from stationd.actors.observation_store.actor import ObservationStoreOptions
 from stationd.actors.specs import ActorSpec, Strategy, SupervisorSpec
 from stationd.protocol.errors import ConfigError
 
@@ -168,6 +169,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     supervisor: Annotated[SupervisorConfig, _doc("The root supervisor and extra children.")] = msgspec.field(
         default_factory=SupervisorConfig
     )
+    observation_store: Annotated[
+        ObservationStoreOptions,
+        _doc("The observation store: backend (SQLite or MongoDB), DUTs, settings tree."),
+    ] = msgspec.field(default_factory=ObservationStoreOptions)
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
@@ -249,7 +254,7 @@ def load_config(
 def _check_tree(config: Config) -> None:
     from stationd.actors.specs import walk
 
-    seen: set[str] = {"supervisor"}
+    seen: set[str] = {"supervisor", "observation_store"}
     for child in config.supervisor.children:
         for spec in walk(child):
             if spec.name in seen:

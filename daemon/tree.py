@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from stationd.actors.specs import ChildSpec, SupervisorSpec
+import msgspec
+
+from stationd.actors.specs import ActorSpec, ChildSpec, SupervisorSpec
+from stationd.protocol.methods import OBSERVATION_STORE
 
 from .config import Config
 
@@ -14,7 +17,13 @@ ROOT = "supervisor"
 
 def build_tree(config: Config) -> SupervisorSpec:
     """The root supervisor: the built-in actors, then the config's extra children."""
-    builtin: list[ChildSpec] = []  # the station's own actors join here as they are built
+    builtin: list[ChildSpec] = [
+        ActorSpec(
+            name=OBSERVATION_STORE,
+            actor="stationd.actors.observation_store:ObservationStore",
+            options=msgspec.to_builtins(config.observation_store),
+        ),
+    ]
     return SupervisorSpec(
         name=ROOT,
         strategy=config.supervisor.strategy,

@@ -128,8 +128,10 @@ class SequenceResultData(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class DutData(msgspec.Struct, kw_only=True, frozen=True):
-    label: str
-    dut_type: Literal["chip", "twpa"] = "chip"
+    """A device under test."""
+
+    label: Annotated[str, Meta(description="DUT label, as in observations' `dut_label`.")]
+    dut_type: Annotated[Literal["chip", "twpa"], Meta(description="`chip` or `twpa`.")] = "chip"
 
 
 class DutFieldData(msgspec.Struct, kw_only=True, frozen=True):

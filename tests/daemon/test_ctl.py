@@ -123,14 +123,14 @@ def test_status_draws_children_under_their_parents(
         d.stop()
     assert code == 0
     lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("actors (4)"))
+    start = next(i for i, line in enumerate(lines) if line.startswith("actors (5)"))
     tree = lines[start + 1 :]
     nodes = [re.match(r"([^a-z]*)([a-z_]+)", line) for line in tree]  # tree guides, then the actor name
-    assert [m[2] for m in nodes if m] == ["supervisor", "lab", "probe_a", "probe_b"]
+    assert [m[2] for m in nodes if m] == ["supervisor", "observation_store", "lab", "probe_a", "probe_b"]
     depth = [len(m[1]) for m in nodes if m]
-    assert depth[0] < depth[1] < depth[2]  # supervisor > lab > probe_a
-    assert depth[3] == depth[1]  # probe_b is lab's sibling
-    assert re.search(r"probe_b\s+actor process\s+\w+\s+restarts 0\s+pid \d+", tree[3])
+    assert depth[0] < depth[1] == depth[2] < depth[3]  # supervisor > (observation_store, lab) > probe_a
+    assert depth[4] == depth[2]  # probe_b is lab's sibling
+    assert re.search(r"probe_b\s+actor process\s+\w+\s+restarts 0\s+pid \d+", tree[4])
 
 
 def test_status_json_parses_with_the_actor_list(
@@ -140,7 +140,8 @@ def test_status_json_parses_with_the_actor_list(
     status = json.loads(out)
     assert code == 0
     assert [(a["name"], a["parent"], a["state"]) for a in status["actors"]] == [
-        ("supervisor", None, "running")
+        ("supervisor", None, "running"),
+        ("observation_store", "supervisor", "running"),
     ]
 
 
@@ -161,7 +162,7 @@ def test_monitor_summarises_qs_info_on_one_line(daemon: DaemonProcess) -> None:
     done = ctl_process("monitor", "--info-addr", daemon.info_addr, "--topic", "QS_", "--count", "1")
     assert done.returncode == 0
     assert re.fullmatch(
-        r"\d\d:\d\d:\d\d\.\d{3} QS_Info +daemon running, 1 actor, uid [0-9a-f]{8}\n", done.stdout
+        r"\d\d:\d\d:\d\d\.\d{3} QS_Info +daemon running, 2 actors, uid [0-9a-f]{8}\n", done.stdout
     )
 
 

@@ -1,0 +1,48 @@
+"""The observation store's collections."""
+
+from __future__ import annotations
+
+import datetime
+
+import msgspec
+
+from stationd.actors.storage.collection import Collection
+from stationd.protocol.observations import (
+    Message,
+    ObservationData,
+    ObservationSetData,
+    SequenceMetadataData,
+    SequenceResultData,
+)
+
+
+class SoftwareVersionSet(msgspec.Struct, kw_only=True, frozen=True):
+    """A set of package versions, identified by its canonical text so the same set gets the same id."""
+
+    software_version_set_id: int | None = None
+    key: str
+    versions: dict[str, str]
+    created_timestamp: datetime.datetime
+
+
+OBSERVATIONS = Collection(
+    "observations",
+    ObservationData,
+    "observation_id",
+    indexes=(("dut_label", "dut_field", "created_timestamp"), ("dut_label", "created_timestamp")),
+)
+OBSERVATION_SETS = Collection(
+    "observation_sets",
+    ObservationSetData,
+    "observation_set_id",
+    id_kind="uuid",
+    indexes=(("observation_set_type", "dut_label"), ("end_timestamp",)),
+)
+SEQUENCE_METADATAS = Collection("sequence_metadatas", SequenceMetadataData, "sequence_id", id_kind="str")
+SEQUENCE_RESULTS = Collection("sequence_results", SequenceResultData, "sequence_id", id_kind="str")
+SOFTWARE_VERSION_SETS = Collection(
+    "software_version_sets", SoftwareVersionSet, "software_version_set_id", indexes=(("key",),)
+)
+MESSAGES = Collection("messages", Message, "message_id", indexes=(("topic", "timestamp"),))
+
+ALL = [OBSERVATIONS, OBSERVATION_SETS, SEQUENCE_METADATAS, SEQUENCE_RESULTS, SOFTWARE_VERSION_SETS, MESSAGES]
