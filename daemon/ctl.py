@@ -31,6 +31,8 @@ from stationd.protocol.supervision import ActorInfo
 from stationd.protocol.system import Status
 from stationd.protocol.version import VERSION
 
+from .ctl_obs import add_obs_parser, run_obs
+
 __all__ = ["format_duration", "format_event", "main"]
 
 STATE_STYLES = {
@@ -84,7 +86,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The command line: global options, then `ping`, `status` or `monitor`."""
+    """The command line: global options, then `ping`, `status`, `monitor` or `obs …`."""
     parser = argparse.ArgumentParser(prog="stationctl", description="Talk to a running stationd daemon.")
     parser.add_argument("--version", action="version", version=f"stationctl {VERSION}")
     _add_global_options(parser, suppress=False)
@@ -96,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     }
     for command in commands.values():
         _add_global_options(command, suppress=True)
+    add_obs_parser(sub, lambda p: _add_global_options(p, suppress=True))
     monitor = commands["monitor"]
     topic_help = "topic prefix (repeatable; default: all)"
     monitor.add_argument("--topic", action="append", default=[], metavar="PREFIX", help=topic_help)
@@ -286,7 +289,10 @@ def main(argv: list[str] | None = None) -> None:
         return 1
 
     try:
-        code = COMMANDS[args.command](args, curve, out)
+        if args.command == "obs":
+            code = run_obs(args, curve, out, parser)
+        else:
+            code = COMMANDS[args.command](args, curve, out)
     except DeadlineExceeded:
         code = fail(
             f"error: stationd did not answer at {args.control_addr} within {args.timeout:g} s "

@@ -351,7 +351,7 @@ class ObservationStore(Actor):
     async def _update_set(self, msg: obs.ObservationSetsUpdate) -> obs.ObservationSetData:
         current = await self._get_set(msg.observation_set_id)
         adding = [i for i in msg.observation_ids or [] if i not in current.observation_ids]
-        if current.end_timestamp is not None and adding:
+        if current.end_timestamp is not None and msg.observation_ids:
             raise Conflict(
                 f"observation set {current.observation_set_id} was finalized at "
                 f"{current.end_timestamp.isoformat()}: only `invalid` may change"
