@@ -122,3 +122,25 @@ def test_stationctl_creates_queries_and_finalizes(daemon: DaemonProcess, tmp_pat
         bad.returncode == 1
         and "error [invalid_query]: foo__bar: observations has no field 'foo'" in bad.stderr
     )
+
+
+def test_an_acknowledged_observation_survives_kill_9_of_the_daemon(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from tests.support.daemon import start_daemon
+
+    d = start_daemon(tmp_path)
+    with StationControlClient(d.control_addr, timeout=5) as client:
+        acknowledged = client.create_observations([definition(f"QB1.f{i}", float(i)) for i in range(50)])
+    os.kill(d.proc.pid, signal.SIGKILL)
+    d.proc.wait(5)
+    d.notify.close()
+    again = start_daemon(tmp_path, args=("--state-dir", str(d.state_dir)))
+    try:
+        with StationControlClient(again.control_addr, timeout=5) as client:
+            found = client.query_observations(limit=0)
+        assert [f.observation_id for f in found] == [a.observation_id for a in acknowledged]
+        assert found[49].value == 49.0
+    finally:
+        again.stop()
