@@ -45,6 +45,7 @@ def protocol_schema() -> dict[str, Any]:
             "reply": m.reply.__name__,
             "owner": m.owner,
             "doc": m.doc,
+            **({"params_are_lookups": True} if m.lookups else {}),
         }
         for name, m in sorted(METHODS.items())
     }

@@ -24,6 +24,12 @@ def test_the_committed_schema_matches_the_messages_and_the_version() -> None:
         raise AssertionError(f"{hint}, then run `make schema`")
 
 
+def test_query_methods_are_marked_as_taking_lookups() -> None:
+    methods = protocol_schema()["methods"]
+    assert methods["observations_query"]["params_are_lookups"] is True
+    assert "params_are_lookups" not in methods["observations_create"]
+
+
 def test_every_front_door_method_is_in_the_schema_with_its_owner() -> None:
     methods = protocol_schema()["methods"]
     assert set(methods) == set(METHODS)
