@@ -17,7 +17,6 @@ from stationd.actors.storage.query import parse_query
 from stationd.actors.storage.sqlite import SQLiteStore
 from stationd.actors.storage.store import Store
 from stationd.protocol import observations as obs
-from stationd.protocol.codec import revive
 from stationd.protocol.errors import Conflict, InvalidParams, NotFound
 
 from .collections import (
@@ -29,6 +28,14 @@ from .collections import (
     SEQUENCE_RESULTS,
     SOFTWARE_VERSION_SETS,
     SoftwareVersionSet,
+)
+from .requests import (
+    check_value,
+    flatten_message,
+    get_mode_lookups,
+    message_lookups,
+    parse_messages,
+    valid_only,
 )
 
 __all__ = ["ObservationStore", "ObservationStoreOptions"]
@@ -56,9 +63,6 @@ Inbox = (
     | obs.MessagesQuery
 )
 
-_MESSAGE_FIELDS = frozenset(MESSAGES.fields)
-_VALUE_TYPES = (bool, str, int, float, complex)
-
 
 class ObservationStoreOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Options of the observation store (`[observation_store]` in the daemon config)."""
@@ -75,18 +79,6 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _check_value(value: Any, where: str, *, allow_none: bool = False, allow_str: bool = True) -> Any:
-    value = revive(value)
-    if value is None and allow_none:
-        return None
-    if type(value).__module__ == "numpy" and type(value).__name__ == "ndarray":
-        return value
-    if isinstance(value, _VALUE_TYPES) and (allow_str or not isinstance(value, (str, bool))):
-        return value
-    allowed = "bool, str, int, float, complex or an array" if allow_str else "int, float, complex or an array"
-    raise InvalidParams(f"{where}: {type(value).__name__} is not a valid value ({allowed})")
-
-
 def _meta(params: Mapping[str, Any], count: int, limit: int, offset: int) -> obs.QueryMeta:
     order_by = params.get("order_by")
     return obs.QueryMeta(
@@ -95,16 +87,6 @@ def _meta(params: Mapping[str, Any], count: int, limit: int, offset: int) -> obs
         limit=limit,
         offset=offset,
     )
-
-
-def _valid_only(lookups: Mapping[str, Any]) -> dict[str, Any]:
-    """IQM: `invalid=False` unless the caller says otherwise; `invalid: null` means valid and invalid."""
-    out = dict(lookups)
-    if "invalid" not in out:
-        out["invalid"] = False
-    elif out["invalid"] is None:
-        del out["invalid"]
-    return out
 
 
 class ObservationStore(Actor):
@@ -140,7 +122,7 @@ class ObservationStore(Actor):
             case obs.ObservationsCreate():
                 return obs.ItemsReply(items=await self._create_observations(msg))
             case obs.ObservationsQuery(lookups=lookups):
-                return await self._query_observations(_valid_only(lookups))
+                return await self._query_observations(valid_only(lookups))
             case obs.ObservationsGet():
                 return obs.ItemsReply(items=await self._get_observations(msg))
             case obs.ObservationsUpdate():
@@ -150,7 +132,7 @@ class ObservationStore(Actor):
             case obs.ObservationSetsGet(observation_set_id=set_id):
                 return obs.ItemReply(item=await self._get_set(set_id))
             case obs.ObservationSetsQuery(lookups=lookups):
-                return await self._query(OBSERVATION_SETS.name, _valid_only(lookups))
+                return await self._query(OBSERVATION_SETS.name, valid_only(lookups))
             case obs.ObservationSetsUpdate():
                 return obs.ItemReply(item=await self._update_set(msg))
             case obs.ObservationSetsFinalize(observation_set_id=set_id):
@@ -197,9 +179,9 @@ class ObservationStore(Actor):
                 obs.ObservationData(
                     dut_label=d.dut_label,
                     dut_field=d.dut_field,
-                    value=_check_value(d.value, f"{where}.value"),
+                    value=check_value(d.value, f"{where}.value"),
                     unit=d.unit,
-                    uncertainty=_check_value(
+                    uncertainty=check_value(
                         d.uncertainty, f"{where}.uncertainty", allow_none=True, allow_str=False
                     ),
                     invalid=d.invalid,
@@ -247,53 +229,11 @@ class ObservationStore(Actor):
         ]
 
     async def _get_observations(self, msg: obs.ObservationsGet) -> list[obs.ObservationData]:
-        given = {f for f in msg.__struct_fields__ if f != "mode" and getattr(msg, f) not in (None, False)}
-        accepted = {
-            "all_latest": {"dut_label", "invalid"},
-            "tags_and": {"tags", "dut_label", "dut_field", "invalid", "limit"},
-            "tags_or": {"tags", "dut_label", "invalid"},
-            "sequence": {"run_ids", "sequence_ids", "invalid"},
-        }[msg.mode]
-        if extra := sorted(given - accepted):
-            raise InvalidParams(f"mode {msg.mode!r} does not accept {', '.join(extra)}")
-        base: dict[str, Any] = {"limit": 0} if msg.invalid is None else {"limit": 0, "invalid": msg.invalid}
-        match msg.mode:
-            case "all_latest":
-                if not msg.dut_label:
-                    raise InvalidParams("mode 'all_latest' needs dut_label")
-                lookups = {**base, "dut_label": msg.dut_label, "latest": "dut_field"}
-            case "tags_and":
-                if not msg.tags:
-                    raise InvalidParams("mode 'tags_and' needs tags")
-                lookups = {**base, "tags__contains": msg.tags, "limit": msg.limit or 0}
-                lookups |= {k: v for k in ("dut_label", "dut_field") if (v := getattr(msg, k))}
-            case "tags_or":
-                if not msg.tags or not msg.dut_label:
-                    raise InvalidParams("mode 'tags_or' needs tags and dut_label")
-                lookups = {
-                    **base,
-                    "tags__overlap": msg.tags,
-                    "dut_label": msg.dut_label,
-                    "latest": "dut_field",
-                }
-            case "sequence":
-                if not (msg.run_ids or msg.sequence_ids):
-                    raise InvalidParams("mode 'sequence' needs run_ids or sequence_ids")
-                found: dict[int, obs.ObservationData] = {}
-                for key, ids in (
-                    ("source__run_id__in", msg.run_ids),
-                    ("source__sequence_id__in", msg.sequence_ids),
-                ):
-                    if ids:
-                        page, _ = await self.store.query(
-                            OBSERVATIONS.name, parse_query(OBSERVATIONS, {**base, key: [str(i) for i in ids]})
-                        )
-                        found.update((o.observation_id, o) for o in page)
-                return await self._with_set_ids([found[k] for k in sorted(found)])
-            case _:
-                assert_never(msg.mode)
-        page, _ = await self.store.query(OBSERVATIONS.name, parse_query(OBSERVATIONS, lookups))
-        return await self._with_set_ids(page)
+        found: dict[int, obs.ObservationData] = {}
+        for lookups in get_mode_lookups(msg):
+            page, _ = await self.store.query(OBSERVATIONS.name, parse_query(OBSERVATIONS, lookups))
+            found.update((o.observation_id, o) for o in page)
+        return await self._with_set_ids([found[k] for k in sorted(found)])
 
     async def _update_observations(self, msg: obs.ObservationsUpdate) -> list[obs.ObservationData]:
         ids = [u.observation_id for u in msg.observation_updates]
@@ -449,51 +389,15 @@ class ObservationStore(Actor):
 
     # -- messages --------------------------------------------------------------------------------------------
     async def _insert_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        now = _now()
-        records = []
-        for i, m in enumerate(messages):
-            missing = [k for k in ("topic", "timestamp") if m.get(k) is None]
-            if missing:
-                raise InvalidParams(f"messages[{i}]: missing {' and '.join(missing)}; nothing was inserted")
-            if not isinstance(m["topic"], str):
-                raise InvalidParams(f"messages[{i}].topic must be a string; nothing was inserted")
-            reserved = sorted((_MESSAGE_FIELDS - {"topic", "timestamp"}) & set(m))
-            if reserved:
-                raise InvalidParams(
-                    f"messages[{i}]: {', '.join(reserved)} is set by the store; nothing was inserted"
-                )
-            stamp = m["timestamp"]
-            try:
-                when = (
-                    datetime.datetime.fromtimestamp(stamp, datetime.UTC)
-                    if isinstance(stamp, int | float) and not isinstance(stamp, bool)
-                    else msgspec.convert(stamp, datetime.datetime)
-                )
-            except (msgspec.ValidationError, OverflowError, ValueError) as exc:
-                raise InvalidParams(f"messages[{i}].timestamp: {exc}; nothing was inserted") from None
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=datetime.UTC)
-            data = {k: v for k, v in m.items() if k not in ("topic", "timestamp")}
-            records.append(obs.Message(topic=m["topic"], timestamp=when, created_timestamp=now, data=data))
-        created = await self.store.insert(MESSAGES.name, records)
+        created = await self.store.insert(MESSAGES.name, parse_messages(messages, _now()))
         self.ctx.publish(
             "messages_inserted", {"count": len(created), "topics": sorted({m.topic for m in created})}
         )
-        return [self._flat(m) for m in created]
-
-    @staticmethod
-    def _flat(m: obs.Message) -> dict[str, Any]:
-        return {"message_id": m.message_id, "topic": m.topic, "timestamp": m.timestamp, **m.data}
+        return [flatten_message(m) for m in created]
 
     async def _query_messages(self, lookups: dict[str, Any]) -> obs.QueryReply:
-        """Free keys of messages live in `data`: `temperature__range` means `data__temperature__range`."""
-        mapped = {}
-        for key, value in lookups.items():
-            head = key.split("__", 1)[0]
-            known = head in _MESSAGE_FIELDS or key in ("latest", "order_by", "limit", "offset")
-            mapped[key if known else f"data__{key}"] = value
-        reply = await self._query(MESSAGES.name, mapped)
-        reply.items = [self._flat(m) for m in reply.items]
+        reply = await self._query(MESSAGES.name, message_lookups(lookups))
+        reply.items = [flatten_message(m) for m in reply.items]
         return reply
 
     async def _query(self, coll: str, lookups: Mapping[str, Any]) -> obs.QueryReply:
