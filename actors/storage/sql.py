@@ -63,6 +63,8 @@ def _condition(coll: Collection, f: Filter, params: list[Any]) -> str:
             params.extend(_encode(f, v) for v in f.value)
             return f"{col} IN ({_placeholders(len(f.value))})"
         case "range":
+            if isinstance(f.value[0], str) != isinstance(f.value[1], str):
+                return "0"  # nothing lies between a number and a string (SQLite orders every number first)
             params.extend(_encode(f, v) for v in f.value)
             return f"{col} BETWEEN ? AND ?"
         case "contains":

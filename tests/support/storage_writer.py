@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from stationd.actors.storage import SQLiteStore
-from tests.actors.storage.records import RECS
-from tests.actors.storage.test_sqlite_store import rec
+from tests.actors.storage.records import RECS, rec
 
 
 async def main(path: Path) -> None:

@@ -27,3 +27,9 @@ class Rec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 RECS = Collection("recs", Rec, "rec_id", indexes=(("name",), ("kind", "at")))
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def rec(name: str, **kw: Any) -> Rec:
+    """A record with the required times filled in."""
+    return Rec(name=name, at=kw.pop("at", T0), created_timestamp=kw.pop("created_timestamp", T0), **kw)

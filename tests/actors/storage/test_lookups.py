@@ -1,25 +1,34 @@
-"""SQLite answers every lookup exactly as the plain-Python reference does (hypothesis: records, queries)."""
+"""Both backends answer every lookup exactly as the plain-Python reference does (hypothesis: records,
+queries)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import tempfile
 import uuid
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from stationd.actors.storage import SQLiteStore, evaluate, parse_query
+from stationd.actors.storage import evaluate, parse_query
+from tests.actors.storage.conftest import Backend
 from tests.actors.storage.records import RECS, Rec
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 TIMES = [T0 + datetime.timedelta(seconds=s, microseconds=us) for s in (0, 1, 60) for us in (0, 1, 999_999)]
 UIDS = [uuid.UUID(int=i) for i in (1, 2, 3)]
-NAMES = ["a", "b", "Ab", "ÇA", "x_y%"]
+NAMES = ["a", "b", "Ab", "ÇA", "x_y%", "Straße", "STRASSE"]
 TAGS = ["t1", "t2", "t3", "T1"]
+# JSON values of every type under one key: the reference compares JSON booleans as 1/0, containers as their
+# JSON text, and never strings with numbers; keys with `.`, `$` and `%` must stay single path elements
+JSON_SCALARS = [0, 1, 2, 1.0, 0.5, True, False, "a", "A", "1", "true", "ß", "ss", "[1]", '{"k":"p"}']
+JSON_VALUES = st.one_of(
+    st.sampled_from([*JSON_SCALARS, None]),
+    st.lists(st.sampled_from([1, "a", True]), max_size=2),
+    st.fixed_dictionaries({}, optional={"k": st.sampled_from(["p", "Q", 1])}),
+)
+ODD_KEYS = ["a.b", "$x", "%", "%2E"]
 
 metas = st.fixed_dictionaries(
     {},
@@ -28,6 +37,8 @@ metas = st.fixed_dictionaries(
         "run": st.integers(0, 3),
         "flag": st.booleans(),
         "inner": st.fixed_dictionaries({}, optional={"k": st.sampled_from(["p", "q"])}),
+        "v": JSON_VALUES,
+        **{key: st.sampled_from(["p", 1]) for key in ODD_KEYS},
     },
 )
 records = st.builds(
@@ -76,6 +87,18 @@ FILTERS: list[st.SearchStrategy[tuple[str, Any]]] = [
     st.tuples(st.just("meta__inner__k"), st.sampled_from(["p", "q"])),
     st.tuples(st.just("meta__isnull"), st.booleans()),
     st.tuples(st.just("payload__isnull"), st.booleans()),
+    st.tuples(st.just("name__icontains"), st.sampled_from(["ß", "ss", "SS", "straße"])),
+    st.tuples(st.just("tags__isnull"), st.booleans()),
+    st.tuples(st.just("tags__contains"), st.just([])),
+    st.tuples(st.just("meta__v"), st.sampled_from([*JSON_SCALARS, None])),
+    st.tuples(st.just("meta__v__in"), st.lists(st.sampled_from(JSON_SCALARS), max_size=3)),
+    st.tuples(st.just("meta__v__range"), st.lists(st.sampled_from(JSON_SCALARS), min_size=2, max_size=2)),
+    st.tuples(st.just("meta__v__contains"), st.sampled_from(["a", "A", "1", "k", '"', "ß", "["])),
+    st.tuples(st.just("meta__v__icontains"), st.sampled_from(["a", "q", "SS", "ß", "TRUE", "{"])),
+    st.tuples(st.just("meta__v__isnull"), st.booleans()),
+    st.tuples(st.just("meta__v__k"), st.sampled_from(["p", "q", 1, True])),
+    st.tuples(st.just("meta__v__k__isnull"), st.booleans()),
+    st.tuples(st.sampled_from([f"meta__{k}" for k in ODD_KEYS]), st.sampled_from(["p", 1, "1"])),
 ]
 queries = st.tuples(
     st.lists(st.one_of(FILTERS), max_size=3),
@@ -96,24 +119,36 @@ queries = st.tuples(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(records, max_size=25), st.lists(queries, min_size=1, max_size=6))
-def test_sqlite_answers_like_the_python_reference(recs: list[Rec], params_list: list[dict[str, Any]]) -> None:
-    async def run() -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            store = SQLiteStore(Path(tmp) / "s.sqlite", [RECS])
-            await store.open()
-            try:
-                stored = await store.insert("recs", recs)
-                for params in params_list:
-                    q = parse_query(RECS, params)
-                    expected, expected_count = evaluate(RECS, stored, q)
-                    got, got_count = await store.query("recs", q)
-                    assert [r.rec_id for r in got] == [r.rec_id for r in expected], params
-                    assert got_count == expected_count, params
-                    assert got == expected
-                    event(f"rows {min(got_count, 3)}")
-            finally:
-                await store.close()
+@settings(
+    max_examples=300,
+    deadline=None,
+    # `backend` only makes stores; every example opens one on fresh storage of its own
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(recs=st.lists(records, max_size=25), params_list=st.lists(queries, min_size=1, max_size=6))
+def test_the_backend_answers_like_the_python_reference(
+    backend: Backend, recs: list[Rec], params_list: list[dict[str, Any]]
+) -> None:
+    name = uuid.uuid4().hex  # fresh storage for every example
 
-    asyncio.run(run())
+    async def run() -> None:
+        store = backend.store(name=name)
+        await store.open()
+        try:
+            stored = await store.insert("recs", recs)
+            for params in params_list:
+                q = parse_query(RECS, params)
+                expected, expected_count = evaluate(RECS, stored, q)
+                got, got_count = await store.query("recs", q)
+                assert [r.rec_id for r in got] == [r.rec_id for r in expected], params
+                assert got_count == expected_count, params
+                assert got == expected
+                assert await store.count("recs", q) == expected_count, params
+                event(f"rows {min(got_count, 3)}")
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        backend.discard(name)
