@@ -27,8 +27,6 @@ first (duplicate ids, missing ids) and, when the server fails half-way, undoes w
 from __future__ import annotations
 
 import contextlib
-import enum
-import re
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +51,8 @@ from stationd.protocol.errors import Conflict, NotFound, StorageError
 
 from .collection import Collection
 from .fields import Kind, to_column
-from .query import Filter, Query
+from .mongo_filters import FOLDED, RESERVED, all_of, column, condition, mirror
+from .query import Query
 
 __all__ = ["COUNTERS", "LAYOUT", "LAYOUT_VERSION", "MongoStore"]
 
@@ -63,85 +62,8 @@ LAYOUT = "_stationd_layout"
 """Collection describing the layout: per collection `{_id: <collection>, version, fields: {name: kind}}`."""
 COUNTERS = "_stationd_ids"
 """Collection of id counters: per collection with int ids `{_id: <collection>, n: <last id handed out>}`."""
-TEXT = "%"
-"""Key of a nested mapping's JSON text in the stored mirror of a mapping field."""
-FOLDED = "_cf"
-"""Field holding the case-folded copies used by `icontains`."""
-_RESERVED = ("_id", "doc", FOLDED)
-_NOTHING: dict[str, Any] = {"_id": {"$in": []}}
-"""A condition no document meets."""
 _CHUNK = 1000
 """Most ids in one `$in`."""
-_INT64 = range(-(2**63), 2**63)
-
-
-def _escape(key: str) -> str:
-    """A mapping key as a field name that Mongo neither splits (`.`) nor takes as an operator (`$`)."""
-    return key.replace("%", "%25").replace(".", "%2E").replace("$", "%24").replace("\x00", "%00")
-
-
-def _json_text(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-def _mirror(value: Any, *, fold: bool, root: bool = False) -> Any:
-    """The queryable form of a decoded JSON value (see the module docstring); `fold`: only its strings,
-    case-folded."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {} if root else {TEXT: _fold(_json_text(value), fold)}
-        for key, item in value.items():
-            mirrored = _mirror(item, fold=fold)
-            if not fold or isinstance(mirrored, (str, dict)):
-                out[_escape(str(key))] = mirrored
-        return out
-    if isinstance(value, list):
-        return _fold(_json_text(value), fold)
-    if isinstance(value, str):
-        return _fold(value, fold)
-    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
-        return float(value)  # BSON has no bigger integers; SQLite's JSON reads them as REAL too
-    return value
-
-
-def _fold(text: str, fold: bool) -> str:
-    return text.casefold() if fold else text
-
-
-def _col(kind: Kind, value: Any) -> Any:
-    """A scalar as stored and compared: `to_column`, but booleans stay booleans."""
-    if value is None:
-        return None
-    if kind == Kind.BOOL:
-        return bool(value)
-    if kind == Kind.STR and isinstance(value, enum.Enum):
-        value = value.value
-    return to_column(kind, value)
-
-
-def _all(conditions: list[dict[str, Any]]) -> dict[str, Any]:
-    if not conditions:
-        return {}
-    return conditions[0] if len(conditions) == 1 else {"$and": conditions}
-
-
-def _any(conditions: list[dict[str, Any]]) -> dict[str, Any]:
-    if not conditions:
-        return _NOTHING
-    return conditions[0] if len(conditions) == 1 else {"$or": conditions}
-
-
-def _null(path: str) -> dict[str, Any]:
-    """`path` is missing or null. (Not `{path: null}`: nx-27017 counts and groups that one wrongly.)"""
-    return {"$or": [{path: {"$exists": False}}, {path: {"$type": "null"}}]}
-
-
-def _not_null(path: str) -> dict[str, Any]:
-    """`path` holds a value. (Not `{$ne: null}` alone: nx-27017 lets a missing nested field through.)"""
-    return {path: {"$exists": True, "$ne": None}}
-
-
-def _substring(text: str) -> dict[str, Any]:
-    return {"$type": "string", "$regex": re.escape(text)}
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -158,7 +80,7 @@ class _Layout:
 
     def key(self, record_id: Any) -> Any:
         """A record id as stored in the id field."""
-        return _col(self.id_kind, record_id)
+        return column(self.id_kind, record_id)
 
 
 class MongoStore:
@@ -177,7 +99,7 @@ class MongoStore:
         self._timeout_ms = server_selection_timeout_ms
         self._layouts: dict[str, _Layout] = {}
         for c in collections:
-            clash = [n for n in _RESERVED if n in c.fields]
+            clash = [n for n in RESERVED if n in c.fields]
             if clash or c.name in (COUNTERS, LAYOUT):
                 raise ValueError(f"{c.name}: {clash or c.name!r} is reserved by the MongoDB layout")
             self._layouts[c.name] = _Layout(c, c.fields[c.id_field].kind, decoder=msgpack_decoder(c.record))
@@ -282,7 +204,7 @@ class MongoStore:
         layout = self._layouts[coll]
         c = layout.coll
         table = self._table(layout)
-        match = _all([self._condition(layout, f) for f in q.filters])
+        match = all_of([condition(layout.coll, f) for f in q.filters])
         order = self._order(layout, q)
         with self._guard(f"query of {coll}"):
             if q.latest is None:
@@ -312,7 +234,7 @@ class MongoStore:
         layout = self._layouts[coll]
         q = q or Query()
         with self._guard(f"count of {coll}"):
-            return await self._count(layout, _all([self._condition(layout, f) for f in q.filters]), q.latest)
+            return await self._count(layout, all_of([condition(layout.coll, f) for f in q.filters]), q.latest)
 
     # -- internals: connection and errors ------------------------------------------------------------------
     def _table(self, layout: _Layout) -> AsyncCollection[dict[str, Any]]:
@@ -410,14 +332,14 @@ class MongoStore:
             value = getattr(record, f.name)
             if f.kind == Kind.ARRAY:
                 item = f.item_kind or Kind.STR
-                doc[f.name] = None if value is None else [_col(item, v) for v in value]
+                doc[f.name] = None if value is None else [column(item, v) for v in value]
             elif f.kind == Kind.JSON:
                 plain = None if value is None else msgspec.json.decode(to_column(Kind.JSON, value))
-                doc[f.name] = None if plain is None else _mirror(plain, fold=False, root=True)
+                doc[f.name] = None if plain is None else mirror(plain, fold=False, root=True)
                 if isinstance(plain, dict):
-                    folded[f.name] = _mirror(plain, fold=True, root=True)
+                    folded[f.name] = mirror(plain, fold=True, root=True)
             else:
-                doc[f.name] = _col(f.kind, value)
+                doc[f.name] = column(f.kind, value)
                 if f.kind == Kind.STR and doc[f.name] is not None:
                     folded[f.name] = doc[f.name].casefold()
         doc[FOLDED] = folded
@@ -555,97 +477,6 @@ class MongoStore:
             order.setdefault(o.field, DESCENDING if o.descending else ASCENDING)
         order.setdefault(layout.coll.id_field, ASCENDING)
         return list(order.items())
-
-    # -- internals: lookups ----------------------------------------------------------------------------------
-    def _condition(self, layout: _Layout, f: Filter) -> dict[str, Any]:
-        kind = layout.coll.fields[f.field].kind
-        if kind == Kind.ARRAY:
-            return _array_condition(f)
-        if f.path:
-            return _json_condition(f)
-        name = f.field
-        match f.lookup:
-            case "isnull":
-                return _null(name) if f.value else _not_null(name)
-            case "exact" if f.value is None:
-                return _null(name)
-            case "exact":
-                return {name: _col(f.kind, f.value)}
-            case "in":
-                return {name: {"$in": [_col(f.kind, v) for v in f.value]}} if f.value else _NOTHING
-            case "range":
-                low, high = (_col(f.kind, v) for v in f.value)
-                return {name: {"$gte": low, "$lte": high}}
-            case "contains":
-                return {name: _substring(f.value)}
-            case "icontains":
-                return {f"{FOLDED}.{name}": _substring(f.value.casefold())}
-            case _:
-                raise AssertionError(f.lookup)
-
-
-def _array_condition(f: Filter) -> dict[str, Any]:
-    name = f.field
-    if f.lookup == "isnull":
-        return _null(name) if f.value else _not_null(name)
-    values = list(dict.fromkeys(_col(f.kind, v) for v in f.value))
-    match f.lookup:
-        case "overlap":
-            return {name: {"$in": values}} if values else _NOTHING
-        case "contains":  # an empty `$all` matches nothing on MongoDB: containing nothing is being there
-            return {name: {"$all": values}} if values else _not_null(name)
-        case _:
-            raise AssertionError(f.lookup)
-
-
-def _json_condition(f: Filter) -> dict[str, Any]:
-    """A lookup on a path inside a mapping, as the reference evaluates it: JSON booleans are the numbers 1 and
-    0, containers compare as their JSON text, strings never compare with numbers. Every comparison names the
-    type it applies to (`$type`), so none reaches into another type or a sub-document."""
-    path = ".".join([f.field, *(_escape(p) for p in f.path)])
-    text = f"{path}.{TEXT}"  # a nested mapping's JSON text
-    match f.lookup:
-        case "isnull":
-            return _null(path) if f.value else _not_null(path)
-        case "exact" if f.value is None:
-            return _null(path)
-        case "exact" | "in":
-            values = [f.value] if f.lookup == "exact" else list(f.value)
-            strings = [v for v in values if isinstance(v, str)]
-            numbers = [int(v) if isinstance(v, bool) else v for v in values if not isinstance(v, str)]
-            booleans = [b for b in (False, True) if any(n == b for n in numbers)]
-            clauses: list[dict[str, Any]] = []
-            if strings:
-                clauses += [{path: {"$in": strings, "$type": "string"}}, {text: {"$in": strings}}]
-            if numbers:
-                clauses.append({path: {"$in": numbers, "$type": "number"}})
-            if booleans:
-                clauses.append({path: {"$in": booleans, "$type": "bool"}})
-            return _any(clauses)
-        case "range":
-            low, high = f.value
-            if isinstance(low, str) != isinstance(high, str):
-                return _NOTHING  # no value lies between a number and a string
-            if isinstance(low, str):
-                between = {"$gte": low, "$lte": high}
-                return _any([{path: {**between, "$type": "string"}}, {text: between}])
-            low, high = (
-                int(low) if isinstance(low, bool) else low,
-                int(high) if isinstance(high, bool) else high,
-            )
-            clauses = [{path: {"$gte": low, "$lte": high, "$type": "number"}}]
-            booleans = [b for b in (False, True) if low <= b <= high]
-            if booleans:
-                clauses.append({path: {"$in": booleans, "$type": "bool"}})
-            return _any(clauses)
-        case "contains":
-            return _any([{path: _substring(f.value)}, {text: _substring(f.value)}])
-        case "icontains":
-            folded = f"{FOLDED}.{path}"
-            needle = f.value.casefold()
-            return _any([{folded: _substring(needle)}, {f"{folded}.{TEXT}": _substring(needle)}])
-        case _:
-            raise AssertionError(f.lookup)
 
 
 def _without_id(doc: dict[str, Any]) -> dict[str, Any]:
