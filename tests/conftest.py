@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonProcess, start_daemon
+from tests.support.mongo import mongo_uri  # noqa: F401  # the session MongoDB server fixture
 
 
 @pytest.fixture

@@ -25,10 +25,17 @@ def definition(field: str, value: Any = 1.0, **kw: Any) -> obs.ObservationDefini
     return obs.ObservationDefinition(dut_field=field, value=value, **kw)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Harness]:
+@pytest.fixture(params=["sqlite", "mongodb"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    """The actor on each backend: both must give the same answers."""
     h = Harness(tmp_path)
-    options = {"duts": [{"label": "QB", "dut_type": "chip"}], "settings": {"readout": {"frequency": 7.2e9}}}
+    options: dict[str, Any] = {
+        "duts": [{"label": "QB", "dut_type": "chip"}],
+        "settings": {"readout": {"frequency": 7.2e9}},
+    }
+    if request.param == "mongodb":
+        uri = request.getfixturevalue("mongo_uri")
+        options |= {"backend": "mongodb", "mongodb_uri": uri, "mongodb_database": f"obs_{uuid.uuid4().hex}"}
     await h.start_tree(
         ActorSpec(name=STORE, actor="stationd.actors.observation_store:ObservationStore", options=options)
     )
