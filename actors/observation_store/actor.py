@@ -71,6 +71,10 @@ class ObservationStoreOptions(msgspec.Struct, frozen=True, forbid_unknown_fields
     path: Annotated[str, Meta(description="SQLite file; empty: `<state_dir>/observations.sqlite`.")] = ""
     mongodb_uri: Annotated[str, Meta(description="MongoDB URI, e.g. `mongodb://host:27017`.")] = ""
     mongodb_database: Annotated[str, Meta(description="MongoDB database name.")] = "stationd"
+    mongodb_timeout: Annotated[
+        float,
+        Meta(gt=0, description="Seconds to wait for an unreachable MongoDB before a storage_error reply."),
+    ] = 2.0
     duts: Annotated[list[obs.DutData], Meta(description="The station's devices under test.")] = []
     settings: Annotated[dict[str, Any], Meta(description="The station settings tree (`settings_get`).")] = {}
 
@@ -104,7 +108,12 @@ class ObservationStore(Actor):
         if self.options.backend == "mongodb":
             from stationd.actors.storage.mongo import MongoStore
 
-            return MongoStore(self.options.mongodb_uri, self.options.mongodb_database, ALL)
+            return MongoStore(
+                self.options.mongodb_uri,
+                self.options.mongodb_database,
+                ALL,
+                server_selection_timeout_ms=int(self.options.mongodb_timeout * 1000),
+            )
         path = Path(self.options.path) if self.options.path else self.ctx.state_dir / "observations.sqlite"
         return SQLiteStore(path, ALL)
 
