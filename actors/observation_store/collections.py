@@ -29,7 +29,9 @@ OBSERVATIONS = Collection(
     "observations",
     ObservationData,
     "observation_id",
-    indexes=(("dut_label", "dut_field", "created_timestamp"), ("dut_label", "created_timestamp")),
+    # `invalid` last: the actor adds `invalid=False` to every query unless told otherwise; with it in the
+    # index, the counts and the `latest="dut_field"` groups of such queries are read from the index alone
+    indexes=(("dut_label", "dut_field", "created_timestamp", "invalid"), ("dut_label", "created_timestamp")),
 )
 OBSERVATION_SETS = Collection(
     "observation_sets",

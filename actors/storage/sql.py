@@ -41,9 +41,9 @@ def _placeholders(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _condition(coll: Collection, f: Filter, params: list[Any]) -> str:
+def _condition(coll: Collection, f: Filter, params: list[Any], rid: str = "t._rid") -> str:
     if coll.fields[f.field].kind == Kind.ARRAY:
-        return _array_condition(coll, f, params)
+        return _array_condition(coll, f, params, rid)
     if f.lookup == "in" and not f.value:
         return "0"  # nothing to look for: no row matches
     if f.path:  # the path is a quoted literal, not a parameter: `col` may appear twice in one condition
@@ -77,7 +77,7 @@ def _condition(coll: Collection, f: Filter, params: list[Any]) -> str:
             raise AssertionError(f.lookup)
 
 
-def _array_condition(coll: Collection, f: Filter, params: list[Any]) -> str:
+def _array_condition(coll: Collection, f: Filter, params: list[Any], rid: str) -> str:
     side = side_table(coll, f.field)
     values = list(dict.fromkeys(_encode(f, v) for v in f.value)) if f.lookup != "isnull" else []
     match f.lookup:
@@ -87,13 +87,13 @@ def _array_condition(coll: Collection, f: Filter, params: list[Any]) -> str:
             if not values:
                 return "0"
             params.extend(values)
-            return f"t._rid IN (SELECT rid FROM {side} WHERE value IN ({_placeholders(len(values))}))"
+            return f"{rid} IN (SELECT rid FROM {side} WHERE value IN ({_placeholders(len(values))}))"
         case "contains":
             if not values:
                 return "1"
             params.extend(values)
             wanted = _placeholders(len(values))
-            return f"(SELECT count(*) FROM {side} WHERE rid = t._rid AND value IN ({wanted})) = {len(values)}"
+            return f"(SELECT count(*) FROM {side} WHERE rid = {rid} AND value IN ({wanted})) = {len(values)}"
         case _:
             raise AssertionError(f.lookup)
 
@@ -104,19 +104,30 @@ def select(coll: Collection, q: Query) -> tuple[str, str, list[Any], list[Any]]:
     where = " AND ".join(_condition(coll, f, params) for f in q.filters) or "1"
     table = f'"{coll.name}"'
     if q.latest is not None:
-        newest = f't."{coll.created_field}" DESC, t."{coll.id_field}" DESC'
-        source = (
-            f'(SELECT t.*, row_number() OVER (PARTITION BY t."{q.latest}" ORDER BY {newest}) AS _rn '
-            f"FROM {table} AS t WHERE {where}) AS t WHERE t._rn = 1"
+        # The newest row per value of `latest` (latest creation time, then highest id). Not a window function,
+        # which sorts every matching row in full: one pass finds each group's latest creation time (from the
+        # index alone when one leads with the filtered fields, `latest` and the creation time), then one seek
+        # per group picks its row. In that seek array filters test `+t._rid`, so that the planner does not
+        # probe the index once per rid of their list. `IS` matches a NULL group or time, as the window did.
+        key, created = f't."{q.latest}"', f't."{coll.created_field}"'
+        groups = f"SELECT {key} AS k, max({created}) AS c FROM {table} AS t WHERE {where} GROUP BY {key}"
+        pick_params: list[Any] = []
+        again = " AND ".join(_condition(coll, f, pick_params, rid="+t._rid") for f in q.filters) or "1"
+        pick = (
+            f"SELECT t._rid FROM {table} AS t WHERE {again} AND {key} IS g.k AND {created} IS g.c "
+            f'ORDER BY t."{coll.id_field}" DESC LIMIT 1'
         )
+        source = f"({groups}) AS g JOIN {table} AS t ON t._rid = ({pick})"
+        page_params = params + pick_params
+        count = SELECT_COUNT.format(f"SELECT 1 FROM {table} AS t WHERE {where} GROUP BY {key}")
     else:
         source = f"{table} AS t WHERE {where}"
+        page_params = list(params)
+        count = SELECT_COUNT.format(f"SELECT 1 FROM {source}")
     order = [f't."{o.field}" {"DESC" if o.descending else "ASC"}' for o in q.order_by]
     order.append(f't."{coll.id_field}" ASC')
     page = f"SELECT t.doc FROM {source} ORDER BY {', '.join(order)}"
-    page_params = list(params)
     if q.limit > 0 or q.offset:
         page += " LIMIT ? OFFSET ?"
         page_params += [q.limit if q.limit > 0 else -1, q.offset]
-    count = SELECT_COUNT.format(f"SELECT 1 FROM {source}")
     return page, count, page_params, params
