@@ -14,9 +14,14 @@ from .collection import Collection
 from .fields import Kind, to_column
 from .query import Filter, Query
 
-__all__ = ["SELECT_COUNT", "column_type", "json_path", "select", "side_table"]
+__all__ = ["SELECT_COUNT", "column_type", "id_column", "json_path", "select", "side_table"]
 
 SELECT_COUNT = "SELECT count(*) FROM ({})"
+
+
+def id_column(coll: Collection) -> str:
+    """The column holding the record id: for integer ids the row key itself (one B-tree less, rowid order)."""
+    return "_rid" if coll.id_kind == "int" else f'"{coll.id_field}"'
 
 
 def column_type(kind: Kind) -> str:
@@ -115,7 +120,7 @@ def select(coll: Collection, q: Query) -> tuple[str, str, list[Any], list[Any]]:
         again = " AND ".join(_condition(coll, f, pick_params, rid="+t._rid") for f in q.filters) or "1"
         pick = (
             f"SELECT t._rid FROM {table} AS t WHERE {again} AND {key} IS g.k AND {created} IS g.c "
-            f'ORDER BY t."{coll.id_field}" DESC LIMIT 1'
+            f"ORDER BY t.{id_column(coll)} DESC LIMIT 1"
         )
         source = f"({groups}) AS g JOIN {table} AS t ON t._rid = ({pick})"
         page_params = params + pick_params
@@ -125,7 +130,7 @@ def select(coll: Collection, q: Query) -> tuple[str, str, list[Any], list[Any]]:
         page_params = list(params)
         count = SELECT_COUNT.format(f"SELECT 1 FROM {source}")
     order = [f't."{o.field}" {"DESC" if o.descending else "ASC"}' for o in q.order_by]
-    order.append(f't."{coll.id_field}" ASC')
+    order.append(f"t.{id_column(coll)} ASC")
     page = f"SELECT t.doc FROM {source} ORDER BY {', '.join(order)}"
     if q.limit > 0 or q.offset:
         page += " LIMIT ? OFFSET ?"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import queue
 import sqlite3
 import threading
@@ -21,9 +22,9 @@ from stationd.protocol.codec import msgpack_decoder, msgpack_encoder
 from stationd.protocol.errors import Conflict, NotFound, StationError, StorageError
 
 from .collection import Collection
-from .fields import Kind, to_column
+from .fields import Kind, column_converter, to_column
 from .query import Query
-from .sql import column_type, select, side_table
+from .sql import column_type, id_column, select, side_table
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -65,6 +66,10 @@ class _Layout:
     next_id: int = 1
     encode: Callable[[Any], bytes] = field(default=msgpack_encoder().encode)
     decoder: Any = None
+    values: Callable[[Any], tuple[Any, ...]] = tuple
+    """The record's column values, in `columns` order (raw)."""
+    converters: list[Callable[[Any], Any]] = field(default_factory=list)
+    """Per column: raw value -> SQL value."""
 
 
 class SQLiteStore:
@@ -100,15 +105,17 @@ class SQLiteStore:
             raise
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writes.put(None)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
-        self._readers.shutdown(wait=True)
+        """Finish pending reads and writes, then close: readers first, so that the writer's connection is the
+        last one and SQLite checkpoints and removes the WAL file."""
+        await asyncio.to_thread(self._readers.shutdown, True)
         with self._lock:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+        if self._writer is not None:
+            self._writes.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
 
     # -- writes: each call is one all-or-nothing unit ------------------------------------------------------
     async def insert(self, coll: str, records: Sequence[msgspec.Struct]) -> list[Any]:
@@ -142,13 +149,14 @@ class SQLiteStore:
         c = layout.coll
         kind = c.fields[c.id_field].kind
         keys = [to_column(kind, i) for i in ids]
+        key = id_column(c)
 
         def read(conn: sqlite3.Connection) -> list[Any]:
             found: dict[Any, Any] = {}
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 wanted = ",".join("?" * len(chunk))
-                sql = f'SELECT "{c.id_field}", doc FROM "{c.name}" WHERE "{c.id_field}" IN ({wanted})'
+                sql = f'SELECT {key}, doc FROM "{c.name}" WHERE {key} IN ({wanted})'
                 found.update(conn.execute(sql, chunk).fetchall())
             return [layout.decoder.decode(found[k]) for k in keys if k in found]
 
@@ -185,7 +193,17 @@ class SQLiteStore:
             f.name: f"INSERT OR IGNORE INTO {side_table(coll, f.name)} (value, rid) VALUES (?, ?)"
             for f in coll.array_fields
         }
-        return _Layout(coll, columns, insert, update, sides, decoder=msgpack_decoder(coll.record))
+        getter = operator.attrgetter(*columns)
+        return _Layout(
+            coll,
+            columns,
+            insert,
+            update,
+            sides,
+            decoder=msgpack_decoder(coll.record),
+            values=(lambda r: (getter(r),)) if len(columns) == 1 else getter,
+            converters=[column_converter(coll.fields[n].kind) for n in columns],
+        )
 
     def _check_file(self, conn: sqlite3.Connection) -> None:
         """Refuse a file that is not ours or is newer, before anything (even WAL mode) writes to it."""
@@ -229,7 +247,8 @@ class SQLiteStore:
             conn.execute(f'CREATE INDEX "{c.name}__{f.name}__rid" ON {side} (rid)')
         if (added or new_sides) and conn.execute(f'SELECT 1 FROM "{c.name}" LIMIT 1').fetchone():
             self._backfill(conn, layout, added, [f.name for f in new_sides])
-        conn.execute(f'CREATE UNIQUE INDEX IF NOT EXISTS "{c.name}__id" ON "{c.name}" ("{c.id_field}")')
+        if c.id_kind != "int":  # integer ids are the row key itself
+            conn.execute(f'CREATE UNIQUE INDEX IF NOT EXISTS "{c.name}__id" ON "{c.name}" ("{c.id_field}")')
         if c.created_field:
             conn.execute(
                 f'CREATE INDEX IF NOT EXISTS "{c.name}__created" ON "{c.name}" ("{c.created_field}")'
@@ -261,11 +280,11 @@ class SQLiteStore:
 
     # -- internals: writing ----------------------------------------------------------------------------------
     def _row(self, layout: _Layout, record: Any, rid: int) -> list[Any]:
-        c = layout.coll
+        values = layout.values(record)
         return [
             rid,
             layout.encode(record),
-            *(to_column(c.fields[n].kind, getattr(record, n)) for n in layout.columns),
+            *(convert(v) for convert, v in zip(layout.converters, values, strict=True)),
         ]
 
     def _write_sides(self, conn: sqlite3.Connection, layout: _Layout, rows: list[tuple[int, Any]]) -> None:
@@ -289,8 +308,11 @@ class SQLiteStore:
             elif c.id_kind == "int":
                 layout.next_id = max(layout.next_id, getattr(record, c.id_field) + 1)
             out.append(record)
-            rows.append((layout.next_rid, record))
-            layout.next_rid += 1
+            if c.id_kind == "int":
+                rows.append((getattr(record, c.id_field), record))
+            else:
+                rows.append((layout.next_rid, record))
+                layout.next_rid += 1
         try:
             conn.executemany(layout.insert, [self._row(layout, r, rid) for rid, r in rows])
         except sqlite3.IntegrityError as exc:
@@ -306,7 +328,7 @@ class SQLiteStore:
         found: dict[Any, int] = {}
         for i in ids:
             row = conn.execute(
-                f'SELECT _rid FROM "{c.name}" WHERE "{c.id_field}" = ?', [to_column(kind, i)]
+                f'SELECT _rid FROM "{c.name}" WHERE {id_column(c)} = ?', [to_column(kind, i)]
             ).fetchone()
             if row is not None:
                 found[i] = row[0]
@@ -360,6 +382,7 @@ class SQLiteStore:
             self._check_file(conn)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages of bulk inserts stay in memory
         except sqlite3.Error as exc:
             self._fail_all(StorageError(f"cannot open {self.path}: {exc}"))
             return
