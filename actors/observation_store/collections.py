@@ -31,7 +31,13 @@ OBSERVATIONS = Collection(
     "observation_id",
     # `invalid` last: the actor adds `invalid=False` to every query unless told otherwise; with it in the
     # index, the counts and the `latest="dut_field"` groups of such queries are read from the index alone
-    indexes=(("dut_label", "dut_field", "created_timestamp", "invalid"), ("dut_label", "created_timestamp")),
+    # (dut_label, invalid): rows of one DUT in id order (the row key ends every index), so a DUT's first page
+    # needs no sort
+    indexes=(
+        ("dut_label", "dut_field", "created_timestamp", "invalid"),
+        ("dut_label", "created_timestamp"),
+        ("dut_label", "invalid"),
+    ),
 )
 OBSERVATION_SETS = Collection(
     "observation_sets",

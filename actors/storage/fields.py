@@ -108,8 +108,7 @@ def to_column(kind: Kind, value: Any) -> Any:
         case Kind.DATETIME:
             if value.tzinfo is None:
                 value = value.replace(tzinfo=datetime.UTC)
-            delta = value - _EPOCH
-            return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+            return (value - _EPOCH) // _MICROSECOND
         case Kind.UUID:
             return str(value)
         case Kind.BOOL:
@@ -123,6 +122,7 @@ def to_column(kind: Kind, value: Any) -> Any:
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
 
 
 def column_converter(kind: Kind) -> Callable[[Any], Any]:
