@@ -4,7 +4,6 @@ the real MongoDB named by $STATIOND_TEST_MONGODB_URI."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,10 @@ import pymongo
 import pytest
 from pymongo.errors import PyMongoError
 
+from tests.support.daemon import free_port
+
 NX = Path(sys.executable).parent / "nx-27017"  # installed with the test extra, next to this Python
 READY_WITHIN = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
