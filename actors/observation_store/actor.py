@@ -329,9 +329,7 @@ class ObservationStore(Actor):
 
     async def _set_members(self, set_id: uuid.UUID) -> list[obs.ObservationLite]:
         s = await self._get_set(set_id)
-        members = {
-            m.observation_id: m for m in await self.store.get_many(OBSERVATIONS.name, s.observation_ids)
-        }
+        members = await self.store.get_many(OBSERVATIONS.name, s.observation_ids)  # in the set's order
         return [
             obs.ObservationLite(
                 observation_id=m.observation_id,
@@ -343,8 +341,7 @@ class ObservationStore(Actor):
                 created_timestamp=m.created_timestamp,
                 modified_timestamp=m.modified_timestamp,
             )
-            for i in s.observation_ids
-            if (m := members.get(i)) is not None
+            for m in members
         ]
 
     # -- sequences, DUTs, software versions ------------------------------------------------------------------

@@ -40,16 +40,8 @@ class Collection:
                     raise ValueError(f"{self.name}: cannot index {name!r} (not a scalar field)")
 
     @property
-    def scalar_fields(self) -> list[Field]:
-        return [f for f in self.fields.values() if f.kind in SCALARS]
-
-    @property
     def array_fields(self) -> list[Field]:
         return [f for f in self.fields.values() if f.kind == Kind.ARRAY]
-
-    @property
-    def json_fields(self) -> list[Field]:
-        return [f for f in self.fields.values() if f.kind == Kind.JSON]
 
     @property
     def column_fields(self) -> list[Field]:
