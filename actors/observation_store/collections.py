@@ -32,12 +32,16 @@ OBSERVATIONS = Collection(
     # `invalid` last: the actor adds `invalid=False` to every query unless told otherwise; with it in the
     # index, the counts and the `latest="dut_field"` groups of such queries are read from the index alone
     # (dut_label, invalid): rows of one DUT in id order (the row key ends every index), so a DUT's first page
-    # needs no sort
+    # needs no sort; (tags, invalid): counts of `tags__overlap` queries from the index alone
     indexes=(
         ("dut_label", "dut_field", "created_timestamp", "invalid"),
         ("dut_label", "created_timestamp"),
         ("dut_label", "invalid"),
+        ("tags", "invalid"),
     ),
+    unindexed=(
+        "observation_set_ids",
+    ),  # membership comes from the sets (the actor turns such lookups into ids)
 )
 OBSERVATION_SETS = Collection(
     "observation_sets",

@@ -24,7 +24,9 @@ class Collection:
     created_field: str | None = "created_timestamp"
     """Field that orders rows for `latest=` (newest wins), or None."""
     indexes: tuple[tuple[str, ...], ...] = ()
-    """Extra indexes on scalar fields (the id and array fields are always indexed)."""
+    """Extra indexes on scalar and array fields (the id and array fields are always indexed)."""
+    unindexed: tuple[str, ...] = ()
+    """Array fields that are kept but never queried (no index to maintain on every insert)."""
     fields: dict[str, Field] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -36,14 +38,20 @@ class Collection:
         for index in self.indexes:
             for name in index:
                 f = self.fields.get(name)
-                if f is None or f.kind not in SCALARS:
-                    raise ValueError(f"{self.name}: cannot index {name!r} (not a scalar field)")
+                if f is None or (f.kind not in SCALARS and f.kind != Kind.ARRAY):
+                    raise ValueError(f"{self.name}: cannot index {name!r} (not a scalar or array field)")
+        for name in self.unindexed:
+            if name not in self.fields or self.fields[name].kind != Kind.ARRAY:
+                raise ValueError(f"{self.name}: {name!r} in `unindexed` is not an array field")
 
     @property
     def array_fields(self) -> list[Field]:
         return [f for f in self.fields.values() if f.kind == Kind.ARRAY]
 
     @property
-    def column_fields(self) -> list[Field]:
-        """Fields with a column of their own: scalars, mappings (JSON text), others (a not-null marker)."""
-        return [f for f in self.fields.values() if f.kind != Kind.ARRAY]
+    def indexed(self) -> list[tuple[str, ...]]:
+        """Every index but the id's and the creation time's: the declared ones, then one per array field
+        that no declared index leads with (unless `unindexed`)."""
+        leading = {index[0] for index in self.indexes}
+        arrays = [f.name for f in self.array_fields if f.name not in leading | set(self.unindexed)]
+        return [*self.indexes, *((name,) for name in arrays)]

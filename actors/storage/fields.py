@@ -125,12 +125,24 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 
 
-def column_converter(kind: Kind) -> Callable[[Any], Any]:
-    """`to_column` for one kind, without the dispatch per value (the bulk-insert path)."""
-    if kind in (Kind.STR, Kind.INT, Kind.FLOAT):
-        return _same
-    return functools.partial(to_column, kind)
+def column_converter(kind: Kind) -> Callable[[Any], Any] | None:
+    """`to_column` for one kind without the dispatch per value (the bulk-insert path); None when values are
+    stored as they are (SQLite stores a bool as the integer it is)."""
+    if kind in (Kind.STR, Kind.INT, Kind.FLOAT, Kind.BOOL):
+        return None
+    return _CONVERTERS.get(kind) or functools.partial(to_column, kind)
 
 
-def _same(value: Any) -> Any:
-    return value
+def _micros(value: datetime.datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _present(value: Any) -> int | None:
+    return None if value is None else 1
+
+
+_CONVERTERS: dict[Kind, Callable[[Any], Any]] = {Kind.DATETIME: _micros, Kind.ANY: _present}

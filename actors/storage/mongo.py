@@ -281,10 +281,8 @@ class MongoStore:
         await table.create_index([(c.id_field, ASCENDING)], unique=True, name=f"{c.name}__id")
         if c.created_field:
             await table.create_index([(c.created_field, ASCENDING)], name=f"{c.name}__created")
-        for index in c.indexes:
+        for index in c.indexed:
             await table.create_index([(n, ASCENDING) for n in index], name=f"{c.name}__{'__'.join(index)}")
-        for f in c.array_fields:
-            await table.create_index([(f.name, ASCENDING)], name=f"{c.name}__{f.name}")
         await self._migrate(layout)
         if c.id_kind == "int":  # ids written without the counter (or before it existed) still count
             last = await table.find_one(

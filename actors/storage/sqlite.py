@@ -1,10 +1,16 @@
 """The embedded backend: one SQLite file per store, WAL, a writer thread that commits queued writes together,
-and reader threads for queries (one thread hop per call, never per row)."""
+and reader threads for queries (one thread hop per call, never per row). The layout is described in `sql.py`.
+
+Counts are cached: a query's count is kept with the collection's change counter and highest row key, and
+while only rows were appended since, the next count of the same query adds what the new rows contribute
+(one index range) instead of counting every match again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import operator
 import queue
 import sqlite3
@@ -24,15 +30,22 @@ from stationd.protocol.errors import Conflict, NotFound, StationError, StorageEr
 from .collection import Collection
 from .fields import Kind, column_converter, to_column
 from .query import Query
-from .sql import column_type, id_column, select, side_table
+from .sql import Select, column_type, id_column, members_table, select, sets_table
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 1
-"""Layout version written to `PRAGMA user_version`; a file with a higher one is refused, never rewritten."""
+SCHEMA_VERSION = 2
+"""Layout version written to `PRAGMA user_version`; a file with a higher one is refused, never rewritten.
+1 -> 2: array fields moved from per-item side tables `c__<field>(value, rid)` to value sets (migrated)."""
 APPLICATION_ID = 0x53544E44  # "STND": marks the file as a stationd store
 _MAX_BATCH = 512
 """Most write calls committed in one transaction."""
+_MAX_CACHED = 65_536
+"""Most value sets an array field keeps in memory (then the cache starts over)."""
+_CACHED_LEN = 32
+"""Longest array whose value set is kept in memory (long ones are rarely repeated)."""
+_MAX_COUNTS = 1_024
+"""Most query counts kept."""
 
 
 def _icontains(haystack: Any, needle: Any) -> bool:
@@ -54,6 +67,27 @@ class _Write:
 
 
 @dataclass(slots=True)
+class _ValueSets:
+    """An array field's value sets (see `sql.py`) and the ids of those seen, by array and by members."""
+
+    field: str
+    find: str
+    create: str
+    add_member: str
+    remove: str
+    remove_member: str
+    indexed: bool
+    """Whether rows can be found by their set: only then are sets no row uses any more removed."""
+    convert: Callable[[Any], Any]
+    by_array: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    by_key: dict[bytes, int] = field(default_factory=dict)
+
+    def forget(self) -> None:
+        self.by_array.clear()
+        self.by_key.clear()
+
+
+@dataclass(slots=True)
 class _Layout:
     """Per-collection statements and counters, prepared once."""
 
@@ -61,15 +95,22 @@ class _Layout:
     columns: list[str]
     insert: str
     update: str
-    side_inserts: dict[str, str]
+    value_sets: dict[str, _ValueSets]
     next_rid: int = 1
     next_id: int = 1
+    top_rid: int = 0
+    """Highest row key written."""
+    changes: int = 0
+    """Counts commits that changed or removed rows, or added rows below `top_rid`: cached counts of an older
+    value are stale. Bumped after the commit, read before a reader's snapshot, so never too new."""
+    changed: bool = False
     encode: Callable[[Any], bytes] = field(default=msgpack_encoder().encode)
     decoder: Any = None
     values: Callable[[Any], tuple[Any, ...]] = tuple
     """The record's column values, in `columns` order (raw)."""
-    converters: list[Callable[[Any], Any]] = field(default_factory=list)
-    """Per column: raw value -> SQL value."""
+    converters: list[tuple[int, Callable[[Any], Any]]] = field(default_factory=list)
+    """(position in a row, raw value -> SQL value) of the columns that need converting (arrays: their value
+    set's id, which needs the writer thread)."""
 
 
 class SQLiteStore:
@@ -85,6 +126,10 @@ class SQLiteStore:
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        """The writer thread's connection."""
+        self._counts: dict[tuple[Any, ...], tuple[int, int, int]] = {}
+        """(collection, count SQL, params) -> (count, `changes`, `top_rid`) when counted."""
 
     # -- life cycle -----------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -165,23 +210,59 @@ class SQLiteStore:
     async def query(self, coll: str, q: Query) -> tuple[list[Any], int]:
         """(the page of records, how many match in all)."""
         layout = self._layouts[coll]
-        page_sql, count_sql, page_params, count_params = select(layout.coll, q)
+        sel = select(layout.coll, q)
 
         def read(conn: sqlite3.Connection) -> tuple[list[Any], int]:
-            docs = conn.execute(page_sql, page_params).fetchall()
-            count = conn.execute(count_sql, count_params).fetchone()[0]
+            changes = layout.changes  # before the snapshot starts: a cached count is never newer than it
+            conn.execute("BEGIN")  # one snapshot for the page and the count
+            try:
+                docs = conn.execute(sel.page, sel.page_params).fetchall()
+                count = self._count(conn, layout, sel, changes)
+            finally:
+                conn.execute("COMMIT")
             return [layout.decoder.decode(d) for (d,) in docs], count
 
         return await self._read(read)
 
     async def count(self, coll: str, q: Query | None = None) -> int:
-        _, count_sql, _, params = select(self._layouts[coll].coll, q or Query())
-        return await self._read(lambda conn: conn.execute(count_sql, params).fetchone()[0])
+        layout = self._layouts[coll]
+        sel = select(layout.coll, q or Query())
+
+        def read(conn: sqlite3.Connection) -> int:
+            changes = layout.changes
+            conn.execute("BEGIN")
+            try:
+                return self._count(conn, layout, sel, changes)
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._read(read)
+
+    def _count(self, conn: sqlite3.Connection, layout: _Layout, sel: Select, changes: int) -> int:
+        """The query's count, from the cache when nothing but appended rows can have changed it."""
+        key = (layout.coll.name, sel.count, *sel.count_params)
+        top = conn.execute(f'SELECT max(_rid) FROM "{layout.coll.name}"').fetchone()[0] or 0
+        with self._lock:
+            cached = self._counts.pop(key, None)
+        count = None
+        if cached is not None and cached[1] == changes:
+            count, _, counted_top = cached
+            if top != counted_top:
+                if sel.count_after is None:
+                    count = None
+                else:
+                    count += conn.execute(sel.count_after, [*sel.count_params, counted_top]).fetchone()[0]
+        if count is None:
+            count = conn.execute(sel.count, sel.count_params).fetchone()[0]
+        with self._lock:
+            self._counts[key] = (count, changes, top)  # last used goes last: the first is evicted first
+            if len(self._counts) > _MAX_COUNTS:
+                del self._counts[next(iter(self._counts))]
+        return count
 
     # -- internals: layout and schema ------------------------------------------------------------------------
-    @staticmethod
-    def _layout(coll: Collection) -> _Layout:
-        columns = [f.name for f in coll.column_fields]
+    def _layout(self, coll: Collection) -> _Layout:
+        columns = list(coll.fields)
         names = ", ".join(f'"{n}"' for n in ["_rid", "doc", *columns])
         insert = f'INSERT INTO "{coll.name}" ({names}) VALUES ({",".join("?" * (len(columns) + 2))})'
         update = (
@@ -189,21 +270,93 @@ class SQLiteStore:
             + ", ".join(f'"{n}" = ?' for n in ["doc", *columns])
             + " WHERE _rid = ?"
         )
-        sides = {
-            f.name: f"INSERT OR IGNORE INTO {side_table(coll, f.name)} (value, rid) VALUES (?, ?)"
+        value_sets = {
+            f.name: _ValueSets(
+                field=f.name,
+                find=f"SELECT id FROM {sets_table(coll, f.name)} WHERE key = ?",
+                create=f"INSERT INTO {sets_table(coll, f.name)} (key) VALUES (?)",
+                add_member=f"INSERT INTO {members_table(coll, f.name)} (value, set_id) VALUES (?, ?)",
+                remove=f"DELETE FROM {sets_table(coll, f.name)} WHERE id = ?",
+                remove_member=f"DELETE FROM {members_table(coll, f.name)} WHERE value = ? AND set_id = ?",
+                indexed=f.name not in coll.unindexed,
+                convert=column_converter(f.item_kind or Kind.STR) or _same,
+            )
             for f in coll.array_fields
         }
+        converters = [
+            functools.partial(self._value_set, value_sets[n]) if n in value_sets else column_converter(f.kind)
+            for n, f in coll.fields.items()
+        ]
         getter = operator.attrgetter(*columns)
         return _Layout(
             coll,
             columns,
             insert,
             update,
-            sides,
+            value_sets,
             decoder=msgpack_decoder(coll.record),
             values=(lambda r: (getter(r),)) if len(columns) == 1 else getter,
-            converters=[column_converter(coll.fields[n].kind) for n in columns],
+            converters=[(i + 2, c) for i, c in enumerate(converters) if c is not None],
         )
+
+    def _value_set(self, sets: _ValueSets, array: Sequence[Any]) -> int:
+        """The id of the value set of `array`, created when new (writer thread only)."""
+        items = tuple(array)
+        found = sets.by_array.get(items)
+        if found is not None:
+            return found
+        members = self._members(sets, items)
+        # a digest, so that long arrays do not make long keys; 128 bits: no collision in any real store
+        key = hashlib.blake2b(msgspec.msgpack.encode(members), digest_size=16).digest()
+        found = sets.by_key.get(key)
+        if found is None:
+            assert self._conn is not None
+            row = self._conn.execute(sets.find, (key,)).fetchone()
+            if row is not None:
+                found = row[0]
+            else:
+                found = self._conn.execute(sets.create, (key,)).lastrowid
+                self._conn.executemany(sets.add_member, [(m, found) for m in members])
+            if len(sets.by_key) >= _MAX_CACHED:
+                sets.forget()
+            sets.by_key[key] = found
+        if len(items) <= _CACHED_LEN:
+            if len(sets.by_array) >= _MAX_CACHED:
+                sets.by_array.clear()
+            sets.by_array[items] = found
+        return found
+
+    @staticmethod
+    def _members(sets: _ValueSets, array: Sequence[Any]) -> list[Any]:
+        return sorted(set(map(sets.convert, array)))
+
+    def _sets_of(
+        self, conn: sqlite3.Connection, layout: _Layout, rids: Sequence[int]
+    ) -> dict[Any, list[Any]]:
+        """(field, set id) -> members, of the indexed array fields of these rows (before they change)."""
+        sets = [vs for vs in layout.value_sets.values() if vs.indexed]
+        found: dict[Any, list[Any]] = {}
+        if not sets:
+            return found
+        columns = ", ".join(f'"{vs.field}"' for vs in sets)
+        for rid in rids:
+            *ids, doc = conn.execute(
+                f'SELECT {columns}, doc FROM "{layout.coll.name}" WHERE _rid = ?', (rid,)
+            ).fetchone()
+            record = layout.decoder.decode(doc)
+            for vs, set_id in zip(sets, ids, strict=True):
+                found[vs.field, set_id] = self._members(vs, getattr(record, vs.field))
+        return found
+
+    def _drop_unused(self, conn: sqlite3.Connection, layout: _Layout, sets: dict[Any, list[Any]]) -> None:
+        """Remove the value sets among `sets` that no row uses any more (after rows changed or went)."""
+        for (name, set_id), members in sets.items():
+            used = conn.execute(f'SELECT 1 FROM "{layout.coll.name}" WHERE "{name}" = ? LIMIT 1', (set_id,))
+            if used.fetchone() is None:
+                vs = layout.value_sets[name]
+                conn.execute(vs.remove, (set_id,))
+                conn.executemany(vs.remove_member, [(m, set_id) for m in members])
+                vs.forget()
 
     def _check_file(self, conn: sqlite3.Connection) -> None:
         """Refuse a file that is not ours or is newer, before anything (even WAL mode) writes to it."""
@@ -230,70 +383,54 @@ class SQLiteStore:
     def _ensure_tables(self, conn: sqlite3.Connection, layout: _Layout) -> None:
         """Create the collection's tables, or add what a newer record type declares (filled from `doc`)."""
         c = layout.coll
-        typed = {f.name: column_type(f.kind) for f in c.column_fields}
         conn.execute(f'CREATE TABLE IF NOT EXISTS "{c.name}" (_rid INTEGER PRIMARY KEY, doc BLOB NOT NULL)')
         present = {row[1] for row in conn.execute(f'PRAGMA table_info("{c.name}")')}
         added = [n for n in layout.columns if n not in present]
         for name in added:
-            conn.execute(f'ALTER TABLE "{c.name}" ADD COLUMN "{name}" {typed[name]}')
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        new_sides = [f for f in c.array_fields if f"{c.name}__{f.name}" not in tables]
-        for f in new_sides:
-            side = side_table(c, f.name)
+            conn.execute(f'ALTER TABLE "{c.name}" ADD COLUMN "{name}" {column_type(c.fields[name].kind)}')
+        for f in c.array_fields:
+            conn.execute(f'DROP TABLE IF EXISTS "{c.name}__{f.name}"')  # layout 1's per-item side table
+            sets, members = sets_table(c, f.name), members_table(c, f.name)
             conn.execute(
-                f"CREATE TABLE {side} (value NOT NULL, rid INTEGER NOT NULL, PRIMARY KEY (value, rid))"
-                " WITHOUT ROWID"
+                f"CREATE TABLE IF NOT EXISTS {sets} (id INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE)"
             )
-            conn.execute(f'CREATE INDEX "{c.name}__{f.name}__rid" ON {side} (rid)')
-        if (added or new_sides) and conn.execute(f'SELECT 1 FROM "{c.name}" LIMIT 1').fetchone():
-            self._backfill(conn, layout, added, [f.name for f in new_sides])
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {members} (value NOT NULL, set_id INTEGER NOT NULL, "
+                "PRIMARY KEY (value, set_id)) WITHOUT ROWID"
+            )
+        if added and conn.execute(f'SELECT 1 FROM "{c.name}" LIMIT 1').fetchone():
+            self._backfill(conn, layout, added)
         if c.id_kind != "int":  # integer ids are the row key itself
             conn.execute(f'CREATE UNIQUE INDEX IF NOT EXISTS "{c.name}__id" ON "{c.name}" ("{c.id_field}")')
         if c.created_field:
             conn.execute(
                 f'CREATE INDEX IF NOT EXISTS "{c.name}__created" ON "{c.name}" ("{c.created_field}")'
             )
-        for index in c.indexes:
+        for index in c.indexed:
             cols = ", ".join(f'"{n}"' for n in index)
             conn.execute(f'CREATE INDEX IF NOT EXISTS "{c.name}__{"__".join(index)}" ON "{c.name}" ({cols})')
-        layout.next_rid = conn.execute(f'SELECT coalesce(max(_rid), 0) + 1 FROM "{c.name}"').fetchone()[0]
+        layout.top_rid = conn.execute(f'SELECT coalesce(max(_rid), 0) FROM "{c.name}"').fetchone()[0]
+        layout.next_rid = layout.top_rid + 1
         if c.id_kind == "int":
             layout.next_id = conn.execute(
                 f'SELECT coalesce(max("{c.id_field}"), 0) + 1 FROM "{c.name}"'
             ).fetchone()[0]
 
-    def _backfill(
-        self, conn: sqlite3.Connection, layout: _Layout, columns: list[str], sides: list[str]
-    ) -> None:
+    def _backfill(self, conn: sqlite3.Connection, layout: _Layout, columns: list[str]) -> None:
         c = layout.coll
+        sets = ", ".join(f'"{n}" = ?' for n in columns)
+        positions = [layout.columns.index(n) + 2 for n in columns]  # in a row: _rid, doc, columns…
         for rid, doc in conn.execute(f'SELECT _rid, doc FROM "{c.name}"').fetchall():
-            record = layout.decoder.decode(doc)
-            if columns:
-                sets = ", ".join(f'"{n}" = ?' for n in columns)
-                values = [to_column(c.fields[n].kind, getattr(record, n)) for n in columns]
-                conn.execute(f'UPDATE "{c.name}" SET {sets} WHERE _rid = ?', [*values, rid])
-            for name in sides:
-                kind = c.fields[name].item_kind or Kind.STR
-                conn.executemany(
-                    layout.side_inserts[name], [(to_column(kind, v), rid) for v in getattr(record, name)]
-                )
+            row = self._row(layout, layout.decoder.decode(doc), rid)
+            conn.execute(f'UPDATE "{c.name}" SET {sets} WHERE _rid = ?', [*(row[i] for i in positions), rid])
 
     # -- internals: writing ----------------------------------------------------------------------------------
     def _row(self, layout: _Layout, record: Any, rid: int) -> list[Any]:
-        values = layout.values(record)
-        return [
-            rid,
-            layout.encode(record),
-            *(convert(v) for convert, v in zip(layout.converters, values, strict=True)),
-        ]
-
-    def _write_sides(self, conn: sqlite3.Connection, layout: _Layout, rows: list[tuple[int, Any]]) -> None:
-        for f in layout.coll.array_fields:
-            kind = f.item_kind or Kind.STR
-            conn.executemany(
-                layout.side_inserts[f.name],
-                [(to_column(kind, v), rid) for rid, r in rows for v in getattr(r, f.name)],
-            )
+        """The SQL values of `record`: rid, doc, then its columns."""
+        row = [rid, layout.encode(record), *layout.values(record)]
+        for i, convert in layout.converters:
+            row[i] = convert(row[i])
+        return row
 
     def _insert(self, conn: sqlite3.Connection, layout: _Layout, records: Sequence[Any]) -> list[Any]:
         c = layout.coll
@@ -313,13 +450,15 @@ class SQLiteStore:
             else:
                 rows.append((layout.next_rid, record))
                 layout.next_rid += 1
+        if rows:
+            layout.changed |= min(rid for rid, _ in rows) <= layout.top_rid
+            layout.top_rid = max(layout.top_rid, max(rid for rid, _ in rows))
         try:
             conn.executemany(layout.insert, [self._row(layout, r, rid) for rid, r in rows])
         except sqlite3.IntegrityError as exc:
             raise Conflict(
                 f"{c.name}: a record with one of these {c.id_field}s exists already ({exc})"
             ) from None
-        self._write_sides(conn, layout, rows)
         return out
 
     def _rids(self, conn: sqlite3.Connection, layout: _Layout, ids: Sequence[Any]) -> dict[Any, int]:
@@ -345,12 +484,10 @@ class SQLiteStore:
         created = []
         existing = [(rids[getattr(r, c.id_field)], r) for r in records if getattr(r, c.id_field) in rids]
         if existing:
+            layout.changed = True
+            before = self._sets_of(conn, layout, [rid for rid, _ in existing])
             conn.executemany(layout.update, [[*self._row(layout, r, rid)[1:], rid] for rid, r in existing])
-            for f in c.array_fields:
-                conn.executemany(
-                    f"DELETE FROM {side_table(c, f.name)} WHERE rid = ?", [(rid,) for rid, _ in existing]
-                )
-            self._write_sides(conn, layout, existing)
+            self._drop_unused(conn, layout, before)
         new = [r for r in records if getattr(r, c.id_field) not in rids]
         if new:
             self._insert(conn, layout, new)
@@ -361,9 +498,10 @@ class SQLiteStore:
     def _delete(self, conn: sqlite3.Connection, layout: _Layout, ids: Sequence[Any]) -> int:
         c = layout.coll
         rids = list(self._rids(conn, layout, ids).values())
-        for f in c.array_fields:
-            conn.executemany(f"DELETE FROM {side_table(c, f.name)} WHERE rid = ?", [(rid,) for rid in rids])
+        layout.changed |= bool(rids)
+        before = self._sets_of(conn, layout, rids)
         conn.executemany(f'DELETE FROM "{c.name}" WHERE _rid = ?', [(rid,) for rid in rids])
+        self._drop_unused(conn, layout, before)
         return len(rids)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -390,6 +528,7 @@ class SQLiteStore:
             conn.close()
             self._fail_all(exc)
             return
+        self._conn = conn
         stop = False
         while not stop:
             batch = [self._writes.get()]
@@ -403,6 +542,7 @@ class SQLiteStore:
                 batch = [w for w in batch if w is not None]
             if batch:
                 self._commit(conn, batch)
+        self._conn = None
         conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
@@ -417,6 +557,7 @@ class SQLiteStore:
                 except (StationError, sqlite3.Error, msgspec.ValidationError) as exc:
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
+                    self._forget_value_sets()
                     results.append((write, None, exc))
             conn.execute("COMMIT")
         except (
@@ -424,10 +565,22 @@ class SQLiteStore:
         ) as exc:  # the commit itself failed (disk full, corrupt file): nothing was written
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self._forget_value_sets()
             error = self._storage_error(exc)
             results = [(w, None, error) for w in batch]
+        finally:
+            for layout in self._layouts.values():
+                if layout.changed:
+                    layout.changes += 1
+                    layout.changed = False
         for write, value, error in results:
             write.loop.call_soon_threadsafe(_settle, write.future, value, error)
+
+    def _forget_value_sets(self) -> None:
+        """After a rollback: value sets created since the last commit are gone, and so must their ids be."""
+        for layout in self._layouts.values():
+            for sets in layout.value_sets.values():
+                sets.forget()
 
     def _storage_error(self, exc: BaseException) -> StationError:
         if isinstance(exc, StationError):
@@ -460,6 +613,10 @@ class SQLiteStore:
                 raise StorageError(f"{self.path}: {exc}") from exc
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -10,11 +10,12 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from stationd.actors.storage import SQLiteStore, parse_query
 from stationd.protocol.errors import StorageError
-from tests.actors.storage.records import RECS
+from tests.actors.storage.records import RECS, rec
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -69,5 +70,62 @@ async def test_an_acknowledged_write_survives_kill_9_of_the_writer(tmp_path: Pat
         assert found == set(acknowledged)
         got, _ = await s.query("recs", parse_query(RECS, {"tags__overlap": "t3", "limit": 0}))
         assert {r.rec_id for r in got} >= {i for i in acknowledged if (i - 1) % 7 == 3}
+    finally:
+        await s.close()
+
+
+async def test_a_layout_1_file_gets_its_array_side_tables_migrated_to_value_sets(tmp_path: Path) -> None:
+    """Layout 1 kept one row per array item in `recs__tags(value, rid)`; layout 2 keeps value sets."""
+    path = tmp_path / "s.sqlite"
+    s = SQLiteStore(path, [RECS])
+    await s.open()
+    await s.insert("recs", [rec("a", tags=["x", "y"]), rec("b", tags=["y"]), rec("c")])
+    await s.close()
+    with sqlite3.connect(path) as conn:  # turn it into what layout 1 wrote
+        conn.execute("DROP TABLE recs__tags__sets")
+        conn.execute("DROP TABLE recs__tags__members")
+        conn.execute("DROP INDEX recs__tags")
+        conn.execute("ALTER TABLE recs DROP COLUMN tags")
+        conn.execute(
+            "CREATE TABLE recs__tags (value NOT NULL, rid INTEGER NOT NULL, PRIMARY KEY (value, rid))"
+        )
+        conn.executemany("INSERT INTO recs__tags VALUES (?, ?)", [("x", 1), ("y", 1), ("y", 2)])
+        conn.execute("PRAGMA user_version = 1")
+    s = SQLiteStore(path, [RECS])
+    await s.open()
+    try:
+        got, count = await s.query("recs", parse_query(RECS, {"tags__overlap": ["y"]}))
+        assert [r.name for r in got] == ["a", "b"] and count == 2
+        got, _ = await s.query("recs", parse_query(RECS, {"tags__contains": ["x", "y"]}))
+        assert [r.name for r in got] == ["a"]
+    finally:
+        await s.close()
+    with sqlite3.connect(path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "recs__tags" not in tables and conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+async def test_value_sets_no_row_uses_any_more_are_removed(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    s = SQLiteStore(path, [RECS])
+    await s.open()
+    try:
+        (grown,) = await s.insert("recs", [rec("grown", tags=["a"])])
+        (other,) = await s.insert("recs", [rec("other", tags=["a"])])
+        for n in range(2, 30):  # a list growing one item per update, as observation sets do
+            grown = msgspec.structs.replace(grown, tags=[f"t{i}" for i in range(n)])
+            await s.update("recs", [grown])
+        got, count = await s.query("recs", parse_query(RECS, {"tags__overlap": ["a"]}))
+        assert [r.name for r in got] == ["other"] and count == 1  # the set {a} is still used by `other`
+        with sqlite3.connect(path) as conn:
+            sets = conn.execute("SELECT count(*) FROM recs__tags__sets").fetchone()[0]
+            members = conn.execute("SELECT count(*) FROM recs__tags__members").fetchone()[0]
+        assert (sets, members) == (2, 1 + 29)
+        await s.delete("recs", [grown.rec_id, other.rec_id])
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM recs__tags__members").fetchone()[0] == 0
+        await s.insert("recs", [rec("again", tags=["a", "t0"])])  # new sets after removals
+        got, _ = await s.query("recs", parse_query(RECS, {"tags__contains": ["t0", "a"]}))
+        assert [r.name for r in got] == ["again"]
     finally:
         await s.close()

@@ -195,3 +195,34 @@ async def test_a_field_added_to_the_record_type_gets_its_column_filled_from_the_
         assert [r.name for r in got] == ["b"]
     finally:
         await new.close()
+
+
+async def test_counts_stay_exact_through_appends_updates_deletes_and_failed_writes(store: Store) -> None:
+    """The same query asked again after each kind of write (SQLite answers repeats from its count cache)."""
+    overlap = parse_query(RECS, {"tags__overlap": ["t"], "limit": 1})
+    latest = parse_query(RECS, {"latest": "name", "limit": 1})
+
+    async def counts() -> tuple[int, int, int]:
+        return (
+            (await store.query("recs", overlap))[1],
+            (await store.query("recs", latest))[1],
+            await store.count("recs", overlap),
+        )
+
+    first = await store.insert("recs", [rec("a", tags=["t"]), rec("b", tags=["u"])])
+    assert await counts() == (1, 2, 1)
+    await store.insert("recs", [rec("c", tags=["u", "t"]), rec("a", tags=["t", "t"])])  # appended
+    assert await counts() == (3, 3, 3)
+    await store.update("recs", [msgspec.structs.replace(first[1], tags=["t"], name="a")])  # changed in place
+    assert await counts() == (4, 2, 4)
+    await store.delete("recs", [first[0].rec_id])
+    assert await counts() == (3, 2, 3)
+    await store.insert("recs", [rec("below", rec_id=first[0].rec_id, tags=["t"])])  # appended below the top
+    assert await counts() == (4, 3, 4)
+    with pytest.raises(Conflict):  # a new value set in a batch that fails is not remembered
+        await store.insert("recs", [rec("e", tags=["v", "t"]), rec("dup", rec_id=first[1].rec_id)])
+    assert await counts() == (4, 3, 4)
+    await store.insert("recs", [rec("e", tags=["t", "v"])])
+    got, _ = await store.query("recs", parse_query(RECS, {"tags__contains": ["v", "t"]}))
+    assert [(r.name, r.tags) for r in got] == [("e", ["t", "v"])]
+    assert await counts() == (5, 4, 5)
