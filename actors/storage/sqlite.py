@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -32,7 +32,7 @@ from .fields import Kind, column_converter, to_column
 from .query import Query
 from .sql import Select, column_type, id_column, members_table, select, sets_table
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "Op", "SQLiteStore"]
 
 SCHEMA_VERSION = 2
 """Layout version written to `PRAGMA user_version`; a file with a higher one is refused, never rewritten.
@@ -64,6 +64,15 @@ class _Write:
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One write of `SQLiteStore.write_many`: insert or upsert records, or delete ids."""
+
+    kind: Literal["insert", "upsert", "delete"]
+    coll: str
+    items: Sequence[Any]
 
 
 @dataclass(slots=True)
@@ -182,6 +191,23 @@ class SQLiteStore:
         """Delete records by id; returns how many existed."""
         layout = self._layouts[coll]
         return await self._write(lambda conn: self._delete(conn, layout, ids))
+
+    async def write_many(self, ops: Sequence[Op]) -> None:
+        """Several writes to any collections as one all-or-nothing unit, in order."""
+        prepared = [(op, self._layouts[op.coll]) for op in ops]
+
+        def write(conn: sqlite3.Connection) -> None:
+            for op, layout in prepared:
+                match op.kind:
+                    case "insert":
+                        self._insert(conn, layout, op.items)
+                    case "upsert":
+                        self._replace(conn, layout, op.items, create=True)
+                    case "delete":
+                        self._delete(conn, layout, op.items)
+
+        if prepared:
+            await self._write(write)
 
     # -- reads ---------------------------------------------------------------------------------------------
     async def get(self, coll: str, record_id: Any) -> Any | None:

@@ -13,9 +13,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from stationd.actors.storage import SQLiteStore, parse_query
-from stationd.protocol.errors import StorageError
-from tests.actors.storage.records import RECS, rec
+from stationd.actors.storage import Collection, SQLiteStore, parse_query
+from stationd.actors.storage.sqlite import Op
+from stationd.protocol.errors import Conflict, StorageError
+from tests.actors.storage.records import RECS, Rec, rec
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -127,5 +128,27 @@ async def test_value_sets_no_row_uses_any_more_are_removed(tmp_path: Path) -> No
         await s.insert("recs", [rec("again", tags=["a", "t0"])])  # new sets after removals
         got, _ = await s.query("recs", parse_query(RECS, {"tags__contains": ["t0", "a"]}))
         assert [r.name for r in got] == ["again"]
+    finally:
+        await s.close()
+
+
+async def test_write_many_is_all_or_nothing_across_collections(tmp_path: Path) -> None:
+    other = Collection("others", Rec, "rec_id")
+    s = SQLiteStore(tmp_path / "s.sqlite", [RECS, other])
+    await s.open()
+    try:
+        (a,) = await s.insert("recs", [rec("a")])
+        await s.write_many(
+            [Op("delete", "recs", [a.rec_id]), Op("insert", "others", [rec("moved", rec_id=1)])]
+        )
+        assert await s.get("recs", a.rec_id) is None and (await s.get("others", 1)).name == "moved"
+        with pytest.raises(Conflict):  # the second insert repeats an id: the first write is undone too
+            await s.write_many(
+                [
+                    Op("upsert", "recs", [rec("back", rec_id=7)]),
+                    Op("insert", "others", [rec("dup", rec_id=1)]),
+                ]
+            )
+        assert await s.get("recs", 7) is None
     finally:
         await s.close()
