@@ -18,6 +18,7 @@ import zmq.asyncio
 
 from stationd.actors.specs import ActorSpec, ChildSpec, Mode, SupervisorSpec
 from stationd.actors.supervisor import Supervisor
+from stationd.protocol.codec import msgpack_decoder
 from stationd.protocol.envelope import RUNTIME, Envelope, Kind
 from stationd.protocol.errors import ActorFailed, ActorStopped, UnsupportedMessage
 from stationd.protocol.pubsub import EVENT_PREFIX, LOG, EventMessage, LogMessage
@@ -38,7 +39,8 @@ from .publisher import Publisher
 
 __all__ = ["Runtime", "RuntimeSettings"]
 
-_CONTROL_DECODER = msgspec.msgpack.Decoder(Heartbeat | NodeReady | ActorExited | PublishRequest | BusPing)
+# with the codec's hooks: what a child publishes may hold numpy arrays (images in bluesky documents)
+_CONTROL_DECODER = msgpack_decoder(Heartbeat | NodeReady | ActorExited | PublishRequest | BusPing)
 
 
 @dataclass(slots=True)

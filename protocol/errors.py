@@ -17,6 +17,7 @@ __all__ = [
     "InvalidParams",
     "InvalidQuery",
     "InvalidRequest",
+    "InvalidState",
     "MalformedRequest",
     "NotFound",
     "PermissionDenied",
@@ -89,6 +90,12 @@ class InvalidParams(StationError):
     """The params are unknown, missing or of the wrong type."""
 
     code = "invalid_params"
+
+
+class InvalidState(StationError):
+    """The recipient is not in a state that allows the request (a plan already runs, nothing to resume)."""
+
+    code = "invalid_state"
 
 
 class RequestTooLarge(StationError):

@@ -1,0 +1,134 @@
+"""User group permissions, allowed plans and devices, and item validation at enqueue time.
+
+The formats and rules are bluesky-queueserver's own (its `profile_ops`), so that GUIs and clients read the
+same descriptions and get the same verdicts, with one difference: device names passed in `__DEVICE__`,
+`__READABLE__`, `__MOVABLE__` and `__FLYABLE__` parameters are checked against the group's allowed devices
+here, at enqueue time (the incumbent accepts any string and the plan fails at run time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "PermissionsError",
+    "allowed_lists",
+    "default_permissions_path",
+    "load_permissions",
+    "validate_item",
+    "validate_permissions",
+]
+
+_KIND_FLAGS = {"__READABLE__": "is_readable", "__MOVABLE__": "is_movable", "__FLYABLE__": "is_flyable"}
+_DEVICE_TYPES = ("__DEVICE__", *_KIND_FLAGS, "__PLAN_OR_DEVICE__")
+
+
+class PermissionsError(ValueError):
+    """A permissions document or an item that is not acceptable; the text says why."""
+
+
+def _profile_ops() -> Any:
+    # imported on first use: it pulls pydantic, which the daemon's launch does not need
+    from bluesky_queueserver.manager import profile_ops
+
+    return profile_ops
+
+
+def default_permissions_path() -> Path:
+    """bluesky-queueserver's default permissions file (groups `root`, `primary`, `test_user`)."""
+    return Path(_profile_ops().get_default_startup_dir()) / "user_group_permissions.yaml"
+
+
+def load_permissions(path: Path) -> dict[str, Any]:
+    """Read and validate a permissions YAML file; `PermissionsError` with the reason when it is not valid."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PermissionsError(f"cannot read user group permissions from {path}: {exc}") from exc
+    return validate_permissions(document)
+
+
+def validate_permissions(document: Any) -> dict[str, Any]:
+    """The document if it is valid user group permissions (schema, `root` group, patterns)."""
+    try:
+        _profile_ops().validate_user_group_permissions(document)
+    except Exception as exc:  # profile_ops raises plain exceptions (jsonschema, KeyError, ValueError)
+        raise PermissionsError(str(exc)) from exc
+    return document
+
+
+def allowed_lists(
+    permissions: Mapping[str, Any], existing_plans: Mapping[str, Any], existing_devices: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(allowed plans, allowed devices), each keyed by user group."""
+    return _profile_ops().load_allowed_plans_and_devices(
+        existing_plans=dict(existing_plans),
+        existing_devices=dict(existing_devices),
+        user_group_permissions=dict(permissions),
+    )
+
+
+def validate_item(item: Mapping[str, Any], plans: Mapping[str, Any], devices: Mapping[str, Any]) -> None:
+    """Check a plan item against one group's allowed plans and devices; `PermissionsError` says what is
+    wrong (the incumbent's texts, plus unknown or unfit device names)."""
+    ok, msg = _profile_ops().validate_plan(dict(item), allowed_plans=plans, allowed_devices=devices)
+    if not ok:
+        raise PermissionsError(msg)
+    description = plans[item["name"]]
+    try:
+        bound = _profile_ops().bind_plan_arguments(
+            plan_args=item.get("args", []), plan_kwargs=item.get("kwargs", {}), plan_parameters=description
+        )
+    except TypeError as exc:  # validate_plan bound them already: this cannot fail, but say so if it does
+        raise PermissionsError(f"Plan validation failed: {exc}") from exc
+    for param in description.get("parameters", []):
+        if not param.get("convert_device_names") or param["name"] not in bound.arguments:
+            continue
+        kinds = [t for t in _DEVICE_TYPES if t in param.get("annotation", {}).get("type", "")]
+        for name in _strings(bound.arguments[param["name"]]):
+            _check_device(name, param["name"], kinds, devices, plans)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+
+
+def _check_device(
+    name: str, param: str, kinds: list[str], devices: Mapping[str, Any], plans: Mapping[str, Any]
+) -> None:
+    if "__PLAN_OR_DEVICE__" in kinds and name in plans:
+        return
+    description = _device(name, devices)
+    if description is None:
+        raise PermissionsError(
+            f"Plan validation failed: device '{name}' in parameter '{param}' is not in the list of "
+            "allowed devices"
+        )
+    for kind, flag in _KIND_FLAGS.items():
+        if kinds == [kind] and not description.get(flag, False):
+            raise PermissionsError(
+                f"Plan validation failed: device '{name}' in parameter '{param}' is not "
+                f"{flag.removeprefix('is_')} (the parameter takes {kind} devices)"
+            )
+
+
+def _device(name: str, devices: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The description of `name`, dotted names reaching into components (`det1.val`)."""
+    head, *rest = name.split(".")
+    found = devices.get(head)
+    for part in rest:
+        if found is None:
+            return None
+        found = found.get("components", {}).get(part)
+    return found

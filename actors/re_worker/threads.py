@@ -1,0 +1,50 @@
+"""Run blocking worker code (plans, startup code, tasks) in a thread; await its outcome on the actor loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+__all__ = ["run_in_thread"]
+
+T = TypeVar("T")
+
+
+def run_in_thread(fn: Callable[[], T], *, name: str) -> asyncio.Future[T]:
+    """Start `fn` in a new daemon thread; the returned future (of the running loop) gets its result.
+
+    A daemon thread rather than an executor: a plan or task that never returns must not keep the worker
+    process from exiting (executor threads are joined at interpreter exit). An exception that is not an
+    `Exception` (`SystemExit` from `exit()` in a script, `KeyboardInterrupt`) is wrapped in a RuntimeError,
+    because re-raising it on the actor loop would end the process.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # the awaiting task was cancelled (the actor stops)
+            return
+        if error is None:
+            future.set_result(result)  # type: ignore[arg-type]
+        else:
+            future.set_exception(error)
+
+    def body() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except Exception as exc:  # handed to the awaiting task, which decides what it means
+            error = exc
+        except BaseException as exc:
+            error = RuntimeError(f"{type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop is closed: the worker is exiting and nobody waits for this outcome
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+    return future
