@@ -267,6 +267,10 @@ class SQLiteStore:
     def _count(self, conn: sqlite3.Connection, layout: _Layout, sel: Select, changes: int) -> int:
         """The query's count, from the cache when nothing but appended rows can have changed it."""
         key = (layout.coll.name, sel.count, *sel.count_params)
+        try:
+            hash(key)
+        except TypeError:  # a parameter that cannot be a key (none should be): count without the cache
+            return conn.execute(sel.count, sel.count_params).fetchone()[0]
         top = conn.execute(f'SELECT max(_rid) FROM "{layout.coll.name}"').fetchone()[0] or 0
         with self._lock:
             cached = self._counts.pop(key, None)
