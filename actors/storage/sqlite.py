@@ -237,32 +237,26 @@ class SQLiteStore:
         """(the page of records, how many match in all)."""
         layout = self._layouts[coll]
         sel = select(layout.coll, q)
-
-        def read(conn: sqlite3.Connection) -> tuple[list[Any], int]:
-            changes = layout.changes  # before the snapshot starts: a cached count is never newer than it
-            conn.execute("BEGIN")  # one snapshot for the page and the count
-            try:
-                docs = conn.execute(sel.page, sel.page_params).fetchall()
-                count = self._count(conn, layout, sel, changes)
-            finally:
-                conn.execute("COMMIT")
-            return [layout.decoder.decode(d) for (d,) in docs], count
-
-        return await self._read(read)
+        return await self._read(lambda conn: self._page_and_count(conn, layout, sel, page=True))
 
     async def count(self, coll: str, q: Query | None = None) -> int:
         layout = self._layouts[coll]
         sel = select(layout.coll, q or Query())
+        _, count = await self._read(lambda conn: self._page_and_count(conn, layout, sel, page=False))
+        return count
 
-        def read(conn: sqlite3.Connection) -> int:
-            changes = layout.changes
-            conn.execute("BEGIN")
-            try:
-                return self._count(conn, layout, sel, changes)
-            finally:
-                conn.execute("COMMIT")
-
-        return await self._read(read)
+    def _page_and_count(
+        self, conn: sqlite3.Connection, layout: _Layout, sel: Select, *, page: bool
+    ) -> tuple[list[Any], int]:
+        """(the page's records if `page`, the count), read in one snapshot (reader thread)."""
+        changes = layout.changes  # before the snapshot starts: a cached count is never newer than it
+        conn.execute("BEGIN")
+        try:
+            docs = conn.execute(sel.page, sel.page_params).fetchall() if page else []
+            count = self._count(conn, layout, sel, changes)
+        finally:
+            conn.execute("COMMIT")
+        return [layout.decoder.decode(d) for (d,) in docs], count
 
     def _count(self, conn: sqlite3.Connection, layout: _Layout, sel: Select, changes: int) -> int:
         """The query's count, from the cache when nothing but appended rows can have changed it."""
