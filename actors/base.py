@@ -77,6 +77,9 @@ class Actor(ABC):
     """Union of the message types this actor accepts; anything else is refused with `unsupported_message`."""
     Options: ClassVar[type[msgspec.Struct]] = NoOptions
     """Type of the `options` table of this actor's spec."""
+    supervises_children: ClassVar[bool] = False
+    """True: the context is a `SupervisorContext` (the actor starts and stops children of its own, and
+    receives `ChildExited` when one stops unasked; it must stop them in `on_stop` and `on_failure`)."""
 
     def __init__(self, ctx: ActorContext, options: Any) -> None:
         self.ctx = ctx

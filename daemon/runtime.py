@@ -219,6 +219,8 @@ class Runtime:
                 actor_cls, options = load_actor_class(spec.actor), spec.options
             except (ImportError, ValueError) as exc:
                 raise ActorFailed(f"{spec.name}: cannot load {spec.actor!r}: {exc}") from exc
+            if getattr(actor_cls, "supervises_children", False):  # e.g. the queue manager and its worker
+                factory = functools.partial(_SupervisorContext, runtime=self)
         return ActorCell(
             name=spec.name,
             actor_cls=actor_cls,

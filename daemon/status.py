@@ -12,9 +12,11 @@ from typing import Any
 import msgspec
 
 from stationd.protocol.pubsub import EventMessage
+from stationd.protocol.queue import QueueStatus
 from stationd.protocol.supervision import ActorInfo
 from stationd.protocol.system import Status
 from stationd.protocol.version import PROTOCOL_VERSION, VERSION
+from stationd.protocol.worker import QUEUE_MANAGER
 
 from .publisher import Publisher
 
@@ -28,6 +30,7 @@ class StatusBoard:
         self._publisher = publisher
         self._publish_period = publish_period
         self._actors: dict[str, ActorInfo] = {}
+        self._queue = QueueStatus()
         self._publish_scheduled = False
         self.started_at = time.time()
         self.daemon_state = "starting"
@@ -41,6 +44,7 @@ class StatusBoard:
     def status(self) -> Status:
         now = time.time()
         return Status(
+            **msgspec.structs.asdict(self._queue),
             msg=f"stationd {VERSION}",
             time=datetime.datetime.fromtimestamp(now).isoformat(),
             version=VERSION,
@@ -62,7 +66,14 @@ class StatusBoard:
             self._publisher.publish_info(self.status())
 
     def _on_event(self, topic: str, message: Any) -> None:
-        if not isinstance(message, EventMessage) or message.name != "child_state":
+        if not isinstance(message, EventMessage):
+            return
+        if message.actor == QUEUE_MANAGER and message.name == "status":
+            data = message.data
+            self._queue = data if isinstance(data, QueueStatus) else msgspec.convert(data, QueueStatus)
+            self._changed()
+            return
+        if message.name != "child_state":
             return
         data = message.data
         info = data if isinstance(data, ActorInfo) else msgspec.convert(data, ActorInfo)

@@ -6,13 +6,15 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from .queue import QueueStatus
 from .supervision import ActorInfo
 
 __all__ = ["ConfigGetParams", "ConfigGetReply", "PingParams", "Status", "StatusParams"]
 
 
-class Status(msgspec.Struct, kw_only=True):
-    """Reply of `status` and `ping` (bluesky-queueserver returns the status object for both)."""
+class Status(QueueStatus, kw_only=True):
+    """Reply of `status` and `ping` (bluesky-queueserver returns the status object for both): the queue
+    manager's fields (bluesky-queueserver's), then the daemon's."""
 
     success: bool = True
     msg: str
