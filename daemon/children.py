@@ -99,6 +99,10 @@ class ProcessChild:
         except TimeoutError:
             self.kill(ExitReason(f"did not start within {settings.start_timeout:g} s", True))
             await asyncio.shield(self.exit)
+        except asyncio.CancelledError:  # the parent gave up on it (it is stopping): no orphan is left
+            self.kill(ExitReason("start cancelled", False))
+            await asyncio.shield(self.exit)
+            raise
         if not self.ready.done() or self.exit.done():
             reason = self.exit.result().reason if self.exit.done() else "did not start"
             raise ActorFailed(f"{self.spec.name} failed to start: {reason}")

@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta
 
 from stationd.actors.observation_store.actor import ObservationStoreOptions
+from stationd.actors.queue_manager.actor import QueueManagerOptions
 from stationd.actors.specs import ActorSpec, Strategy, SupervisorSpec
 from stationd.protocol.errors import ConfigError
 
@@ -173,6 +174,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ObservationStoreOptions,
         _doc("The observation store: backend (SQLite or MongoDB), DUTs, settings tree."),
     ] = msgspec.field(default_factory=ObservationStoreOptions)
+    queue_manager: Annotated[
+        QueueManagerOptions,
+        _doc("The queue manager (bluesky-queueserver's RE Manager): profile, permissions, lock key."),
+    ] = msgspec.field(default_factory=QueueManagerOptions)
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
@@ -254,7 +259,7 @@ def load_config(
 def _check_tree(config: Config) -> None:
     from stationd.actors.specs import walk
 
-    seen: set[str] = {"supervisor", "observation_store"}
+    seen: set[str] = {"supervisor", "observation_store", "queue_manager", "re_worker"}
     for child in config.supervisor.children:
         for spec in walk(child):
             if spec.name in seen:

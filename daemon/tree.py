@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from stationd.actors.specs import ActorSpec, ChildSpec, SupervisorSpec
-from stationd.protocol.methods import OBSERVATION_STORE
+from stationd.protocol.methods import OBSERVATION_STORE, QUEUE_MANAGER
 
 from .config import Config
 
@@ -22,6 +22,12 @@ def build_tree(config: Config) -> SupervisorSpec:
             name=OBSERVATION_STORE,
             actor="stationd.actors.observation_store:ObservationStore",
             options=msgspec.to_builtins(config.observation_store),
+        ),
+        ActorSpec(
+            name=QUEUE_MANAGER,
+            actor="stationd.actors.queue_manager:QueueManager",
+            options=msgspec.to_builtins(config.queue_manager),
+            shutdown_timeout=20.0,  # time to stop a running plan and close the environment in order
         ),
     ]
     return SupervisorSpec(

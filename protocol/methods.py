@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import msgspec
 
 from . import observations as obs
+from . import queue
+from .worker import QUEUE_MANAGER
 from .system import ConfigGetParams, ConfigGetReply, PingParams, Status, StatusParams
 
-__all__ = ["FRONT_DOOR", "METHODS", "OBSERVATION_STORE", "Method", "method_table"]
+__all__ = ["FRONT_DOOR", "METHODS", "OBSERVATION_STORE", "QUEUE_MANAGER", "Method", "method_table"]
 
 FRONT_DOOR = "front_door"
 """Owner of the methods the front door answers itself (from its status snapshot or the daemon config)."""
@@ -85,6 +87,10 @@ METHODS: Mapping[str, Method] = method_table(
                 obs.MessagesInsert,
                 obs.MessagesQuery,
             )
+        ],
+        *[
+            Method(p.__struct_config__.tag, p, QUEUE_MANAGER, p.reply_type, (p.__doc__ or "").split("\n")[0])
+            for p in queue.QUEUE_METHODS
         ],
     ]
 )

@@ -71,6 +71,8 @@ class Reply(msgspec.Struct, kw_only=True):
 
     success: bool = True
     msg: str = ""
+    error_code: str | msgspec.UnsetType = msgspec.UNSET
+    """On failure, the stable code (as in every stationd error reply); absent on success."""
 
 
 class ItemReply(Reply, kw_only=True):
@@ -400,6 +402,47 @@ class ReHalt(_Locked, frozen=True, kw_only=True, tag="re_halt"):
     """End the paused plan without cleanup (exit status `halted`)."""
 
 
+class EnvironmentUpdate(_Locked, frozen=True, kw_only=True, tag="environment_update"):
+    """Rebuild the plan and device descriptions (and pick up a replaced `RE`) from the worker namespace."""
+
+    run_in_background: bool = False
+    reply_type: ClassVar[type] = TaskReply
+
+
+class ScriptUpload(_Locked, frozen=True, kw_only=True, tag="script_upload"):
+    """Run Python text in the worker namespace (returns at once; see `task_result`)."""
+
+    script: Any = None
+    update_lists: bool = True
+    update_re: bool = False
+    run_in_background: bool = False
+    reply_type: ClassVar[type] = TaskReply
+
+
+class FunctionExecute(_Locked, frozen=True, kw_only=True, tag="function_execute"):
+    """Call a function of the worker namespace (`{"item_type": "function", "name", "args", "kwargs"}`)."""
+
+    item: Any = None
+    user: str | None = None
+    user_group: str | None = None
+    run_in_background: bool = False
+    reply_type: ClassVar[type] = FunctionReply
+
+
+class TaskStatus(_Params, frozen=True, kw_only=True, tag="task_status"):
+    """`running`, `completed` or `not_found` for a task uid (or a `{uid: status}` map for a list)."""
+
+    task_uid: Any = None
+    reply_type: ClassVar[type] = TaskStatusReply
+
+
+class TaskResult(_Params, frozen=True, kw_only=True, tag="task_result"):
+    """A task's status and result (completed results are kept 120 s)."""
+
+    task_uid: Any = None
+    reply_type: ClassVar[type] = TaskResultReply
+
+
 class Lock(_Params, frozen=True, kw_only=True, tag="lock"):
     """Lock the environment and/or the queue with a key (stored hashed)."""
 
@@ -471,11 +514,15 @@ QUEUE_METHODS: list[type[_Params]] = [
     ReStop,
     ReAbort,
     ReHalt,
+    EnvironmentUpdate,
+    ScriptUpload,
+    FunctionExecute,
+    TaskStatus,
+    TaskResult,
     Lock,
     LockInfo,
     Unlock,
     ManagerStop,
     ManagerKill,
 ]
-"""The methods answered so far; environment_update, script_upload, function_execute, task_status and
-task_result join them with the worker's tasks."""
+"""Every method of the queue manager, in the order of `stationctl methods`."""

@@ -27,10 +27,12 @@ __all__ = [
     "PlanEnded",
     "PlanPaused",
     "PlanResult",
+    "PlanStopped",
     "ReMetadata",
     "ReStateChanged",
     "RunInfo",
     "RunsChanged",
+    "StopPlanForShutdown",
     "TaskEnded",
     "WorkerAck",
 ]
@@ -117,6 +119,19 @@ class GetReMetadata(_Msg, tag="get_re_metadata"):
     """The RunEngine's metadata (`RE.md`)."""
 
     reply_type: ClassVar[type] = ReMetadata
+
+
+class PlanStopped(msgspec.Struct, kw_only=True):
+    result: PlanResult | None
+    """How the plan ended; None: no plan was running or paused."""
+    item_uid: str = ""
+
+
+class StopPlanForShutdown(_Msg, tag="stop_plan_for_shutdown"):
+    """The daemon is stopping: end the current plan with RunEngine `stop` (pausing it first if it runs) and
+    reply with its result, which is not told as `PlanEnded` (the queue manager handles no more tells)."""
+
+    reply_type: ClassVar[type] = PlanStopped
 
 
 class CloseEnvironment(_Msg, tag="close_environment"):

@@ -506,18 +506,18 @@ class PlanQueue:
     def recover_interrupted(self, msg: str) -> Finished:
         """After a daemon restart with an item in the running slot: history `unknown` with `msg`, and the
         item back at the front of the queue with a new uid (bluesky-queueserver drops it)."""
-        running = self._check_running(None)
-        return self._end_running(
-            running, {"exit_status": "unknown", "msg": msg}, requeue="front", continues=False
-        )
+        return self.requeue_running({"exit_status": "unknown", "msg": msg})
 
     def requeue_running_failed(self, msg: str) -> Finished:
         """The worker died or refused the plan: history `failed` with `msg`, the item back at the front
         with a new uid, whatever `ignore_failures` says."""
+        return self.requeue_running({"exit_status": "failed", "msg": msg})
+
+    def requeue_running(self, result: Mapping[str, Any]) -> Finished:
+        """The running plan was ended by the daemon, not by its user (restart, worker death, shutdown):
+        history with `result`, and the item back at the front of the queue with a new uid."""
         running = self._check_running(None)
-        return self._end_running(
-            running, {"exit_status": "failed", "msg": msg}, requeue="front", continues=False
-        )
+        return self._end_running(running, result, requeue="front", continues=False)
 
     # -- internals ------------------------------------------------------------------------------------------
     def _commit(self, rec: _Recorder) -> Changes:

@@ -40,10 +40,12 @@ from stationd.protocol.worker import (
     PlanEnded,
     PlanPaused,
     PlanResult,
+    PlanStopped,
     ReMetadata,
     ReStateChanged,
     RunInfo,
     RunsChanged,
+    StopPlanForShutdown,
     TaskEnded,
     WorkerAck,
 )
@@ -75,6 +77,11 @@ class _ActivePlan:
     time_start: float
     running: bool = True
     """A RunEngine call is in progress (False: the plan is paused)."""
+    call: asyncio.Task[None] | None = None
+    """The job running the current RunEngine call."""
+    result: PlanResult | None = None
+    silent: bool = False
+    """Do not tell how the plan ends (the daemon is shutting down and asked for the result directly)."""
 
 
 def _continuation(re: RunEngine, action: str) -> tuple[Callable[[], Any], ExitStatus]:
@@ -99,7 +106,15 @@ def _traceback(exc: BaseException) -> str:
 class RunEngineWorker(Actor):
     """Owns the worker namespace and its RunEngine; executes plans and tasks for the queue manager."""
 
-    inbox = OpenEnvironment | ExecutePlan | ControlPlan | ExecuteTask | GetReMetadata | CloseEnvironment
+    inbox = (
+        OpenEnvironment
+        | ExecutePlan
+        | ControlPlan
+        | ExecuteTask
+        | GetReMetadata
+        | StopPlanForShutdown
+        | CloseEnvironment
+    )
 
     def __init__(self, ctx: ActorContext, options: Any) -> None:
         super().__init__(ctx, options)
@@ -147,6 +162,8 @@ class RunEngineWorker(Actor):
                 return self._execute_task(msg)
             case GetReMetadata():
                 return ReMetadata(re_metadata=json_safe(dict(self._require_env().re.md)))
+            case StopPlanForShutdown():
+                return await self._stop_for_shutdown()
             case CloseEnvironment():
                 return self._close()
             case _:
@@ -243,7 +260,7 @@ class RunEngineWorker(Actor):
         if str(env.re.state) != "idle":
             raise InvalidState(f"Cannot start a plan: the RunEngine is in {env.re.state!r} state")
         self._plan = _ActivePlan(item_uid=str(item.get("item_uid", "")), time_start=time.time())
-        self._spawn(self._drive(self._plan, lambda: env.plan_call(item)(), "completed"))
+        self._plan.call = self._spawn(self._drive(self._plan, lambda: env.plan_call(item)(), "completed"))
         return WorkerAck(re_state=self._re_state)
 
     def _control_plan(self, action: str) -> WorkerAck:
@@ -263,8 +280,27 @@ class RunEngineWorker(Actor):
         if plan is None or plan.running or state != "paused":
             raise InvalidState(f"Run Engine must be in 'paused' state to continue. The state is {state!r}")
         plan.running = True
-        self._spawn(self._drive(plan, *_continuation(env.re, action)))
+        plan.call = self._spawn(self._drive(plan, *_continuation(env.re, action)))
         return WorkerAck(re_state=state)
+
+    async def _stop_for_shutdown(self) -> PlanStopped:
+        plan = self._plan
+        if plan is None or self._env is None:
+            return PlanStopped(result=None)
+        plan.silent = True
+        re = self._env.re
+        if plan.running:
+            try:
+                await run_in_thread(partial(re.request_pause, defer=False), name="re-pause")
+            except Exception as exc:  # the plan ended on its own meanwhile: its result is below
+                self.ctx.log.info("shutdown_pause_failed", error=f"{type(exc).__name__}: {exc}")
+            if plan.call is not None:
+                await asyncio.gather(plan.call, return_exceptions=True)
+        if self._plan is not plan:  # it ended before the pause took effect
+            return PlanStopped(result=plan.result, item_uid=plan.item_uid)
+        plan.running = True
+        await self._drive(plan, re.stop, "stopped")
+        return PlanStopped(result=plan.result, item_uid=plan.item_uid)
 
     def _pause_done(self, future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and (exc := future.exception()) is not None:
@@ -279,13 +315,15 @@ class RunEngineWorker(Actor):
         except Exception as exc:  # the plan boundary: whatever the plan or the RunEngine raised ends the plan
             if str(env.re.state) == "paused":
                 plan.running = False
-                self.ctx.tell(QUEUE_MANAGER, PlanPaused(item_uid=plan.item_uid))
+                if not plan.silent:
+                    self.ctx.tell(QUEUE_MANAGER, PlanPaused(item_uid=plan.item_uid))
                 return
             result = self._plan_result(plan, "failed", msg=f"Plan failed: {exc}", tb=_traceback(exc))
         else:
             result = self._plan_result(plan, exit_status)
-        self._plan = None
-        self.ctx.tell(QUEUE_MANAGER, PlanEnded(item_uid=plan.item_uid, result=result))
+        self._plan, plan.result = None, result
+        if not plan.silent:
+            self.ctx.tell(QUEUE_MANAGER, PlanEnded(item_uid=plan.item_uid, result=result))
         if self._runs:  # the run list shows the current plan's runs only (bluesky-queueserver's `re_runs`)
             self._runs = []
             self.ctx.tell(QUEUE_MANAGER, RunsChanged(run_list=[]))
@@ -392,10 +430,11 @@ class RunEngineWorker(Actor):
                 )
 
     # -- jobs ------------------------------------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         job = asyncio.get_running_loop().create_task(coro)
         self._jobs.add(job)
         job.add_done_callback(self._job_done)
+        return job
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._jobs.discard(job)

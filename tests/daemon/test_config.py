@@ -54,6 +54,7 @@ def test_example_config_mentions_every_field() -> None:
         "SecurityConfig": "[security]",
         "RuntimeConfig": "[runtime]",
         "SupervisorConfig": "[supervisor]",
+        "QueueManagerOptions": "[queue_manager]",
         "ClientKey": "",
         "ActorSpec": "",
         "SupervisorSpec": "",

@@ -89,6 +89,7 @@ def _value_strategy(tp: Any) -> st.SearchStrategy[Any]:
         return st.dictionaries(st.text(max_size=8), _value_strategy(args[1]), max_size=3)
     simple: dict[Any, st.SearchStrategy[Any]] = {
         type(None): st.none(),
+        msgspec.UnsetType: st.just(msgspec.UNSET),
         bool: st.booleans(),
         int: st.integers(min_value=-(2**53), max_value=2**53),
         float: st.floats(allow_nan=False, allow_infinity=False),
