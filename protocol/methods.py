@@ -9,8 +9,8 @@ import msgspec
 
 from . import observations as obs
 from . import queue
-from .worker import QUEUE_MANAGER
 from .system import ConfigGetParams, ConfigGetReply, PingParams, Status, StatusParams
+from .worker import QUEUE_MANAGER
 
 __all__ = ["FRONT_DOOR", "METHODS", "OBSERVATION_STORE", "QUEUE_MANAGER", "Method", "method_table"]
 
