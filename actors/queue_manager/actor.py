@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -26,7 +27,7 @@ from stationd.actors.specs import ActorSpec, Mode, RestartType
 from stationd.protocol import queue as q
 from stationd.protocol import worker as w
 from stationd.protocol.errors import InvalidParams, InvalidState, PermissionDenied, StationError
-from stationd.protocol.supervision import ChildExited
+from stationd.protocol.supervision import ActorInfo, ActorState, ChildExited
 
 from . import locks
 from .permissions import (
@@ -72,6 +73,7 @@ class QueueManagerOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
 # -- messages this actor sends itself (outcomes of background work) ----------------------------------------
 class _WorkerStarted(msgspec.Struct, frozen=True, tag="_qm_worker_started"):
     incarnation: int
+    pid: int | None = None
     error: str = ""
 
 
@@ -123,6 +125,7 @@ class Worker:
     def __init__(self) -> None:
         self.incarnation = 0
         self.state = "none"  # none | spawning | spare | opening | open | closing | destroying
+        self.pid: int | None = None
 
 
 class QueueManager(Actor):
@@ -160,6 +163,7 @@ class QueueManager(Actor):
         self.pq, settings = await self.records.load()
         self.permissions = settings.get("permissions") or self._permissions_from_file()
         self.lock = msgspec.convert(settings.get("lock", {}), locks.LockState)
+        self.status.lock = {"environment": self.lock.environment, "queue": self.lock.queue}
         self._set_existing(settings.get("existing") or _default_existing(self._uses_builtin_profile()))
         same_process = settings.get("process") == _PROCESS_TOKEN  # an actor restart, not a daemon launch
         self.status.queue_autostart_enabled = same_process and bool(settings.get("autostart"))
@@ -180,34 +184,38 @@ class QueueManager(Actor):
         and put back at the front of the queue; the environment is closed in order."""
         for job in list(self._jobs):
             job.cancel()
-        if self.worker.state == "open":
-            await self._stop_plan_for_shutdown()
+        if self.worker.state == "open" and await self._stop_plan_for_shutdown():
             try:
                 await self.ctx.ask(w.RE_WORKER, w.CloseEnvironment(), timeout=5.0)
             except StationError as exc:
                 self.ctx.log.warning("environment_close_failed", error=exc.msg)
-        await self.ctx.stop_child(w.RE_WORKER, 5.0)
+        await self.ctx.stop_child(w.RE_WORKER, 2.0)
+        self._publish_worker(ActorState.STOPPED, last_exit="stopped with the queue manager")
         await self.records.close()
 
     async def on_failure(self, exc: BaseException) -> None:
         for job in list(self._jobs):
             job.cancel()
         await self.ctx.stop_child(w.RE_WORKER, 0.2)
+        self._publish_worker(ActorState.STOPPED, last_exit="stopped: the queue manager failed")
         await self.records.close()
 
-    async def _stop_plan_for_shutdown(self) -> None:
+    async def _stop_plan_for_shutdown(self) -> bool:
+        """Stop the running plan and record it; False if the worker could not (a hung plan: the item stays
+        in the running slot and is recovered as interrupted on the next start)."""
         if self.pq.running_item is None:
-            return
+            return True
         try:
-            stopped = await self.ctx.ask(w.RE_WORKER, w.StopPlanForShutdown(), timeout=10.0)
+            stopped = await self.ctx.ask(w.RE_WORKER, w.StopPlanForShutdown(), timeout=5.0)
         except StationError as exc:
             self.ctx.log.error("plan_stop_failed", error=exc.msg)
-            return  # the item stays in the running slot: recovered as interrupted on the next start
+            return False
         result = {"exit_status": "unknown", "msg": RESTART_MSG}
         if stopped.result is not None:
             result = msgspec.to_builtins(stopped.result)
             result["msg"] = result["msg"] or "Plan stopped: the daemon is shutting down"
         await self._persist(self.pq.requeue_running(result).changes)
+        return True
 
     # -- dispatch -------------------------------------------------------------------------------------------
     async def handle(self, msg: Any) -> Any:
@@ -764,6 +772,7 @@ class QueueManager(Actor):
             await self._worker_gone(f"RE Worker process exited unexpectedly: {msg.reason}")
         elif state in ("spare", "spawning"):
             self.worker.state = "none"
+            self._publish_worker(ActorState.FAILED, last_exit=msg.reason)
             self._quick_deaths += 1
             if self._quick_deaths <= 3:  # a spare that keeps dying is not restarted in a loop
                 self._spawn_worker()
@@ -772,6 +781,7 @@ class QueueManager(Actor):
         """The worker process is gone: a running plan goes to history as failed (with `reason`) and back to
         the front of the queue; running tasks fail; the environment is closed; a fresh spare is started."""
         self.worker.state = "none"
+        self._publish_worker(ActorState.STOPPED, last_exit=reason)
         if self.pq.running_item is not None:
             finished = self.pq.requeue_running_failed(reason)
             self.status.queue_autostart_enabled = False
@@ -808,11 +818,11 @@ class QueueManager(Actor):
             log_level=self.options.worker_log_level,
         )
         try:
-            await self.ctx.start_child(spec, incarnation)
+            pid = await self.ctx.start_child(spec, incarnation)
         except Exception as exc:  # any failure to start is reported, never raised into the loop
             self._tell_self(_WorkerStarted(incarnation, error=f"{type(exc).__name__}: {exc}"))
         else:
-            self._tell_self(_WorkerStarted(incarnation))
+            self._tell_self(_WorkerStarted(incarnation, pid=pid))
 
     async def _on_worker_started(self, msg: _WorkerStarted) -> None:
         if msg.incarnation != self.worker.incarnation or self.worker.state != "spawning":
@@ -825,7 +835,9 @@ class QueueManager(Actor):
                 self._set_idle()
             return
         self.worker.state = "spare"
+        self.worker.pid = msg.pid
         self._quick_deaths = 0
+        self._publish_worker(ActorState.RUNNING)
         if self.status.manager_state == "creating_environment":
             self._open_in_spare()
 
@@ -1119,6 +1131,22 @@ class QueueManager(Actor):
         s.plan_queue_mode = self.pq.mode
         self.ctx.publish("status", s)
 
+    def _publish_worker(self, state: ActorState, last_exit: str | None = None) -> None:
+        """The worker in the daemon's actor tree (`status`), as a supervisor shows its children."""
+        info = ActorInfo(
+            name=w.RE_WORKER,
+            parent=self.ctx.name,
+            kind="actor",
+            mode=Mode.PROCESS,
+            state=state,
+            restarts=self.worker.incarnation - 1,
+            pid=self.worker.pid if state == ActorState.RUNNING else None,
+            restart_type=RestartType.TEMPORARY,
+            last_exit=last_exit,
+            since=time.time(),
+        )
+        self.ctx.publish("child_state", info)
+
     def _tell_self(self, msg: msgspec.Struct) -> None:
         self.ctx.tell(self.ctx.name, msg)
 
@@ -1146,8 +1174,6 @@ def _immediate(item: dict[str, Any] | None) -> bool:
 
 
 def _failed_task(task_uid: str, reason: str) -> dict[str, Any]:
-    import time
-
     now = time.time()
     return {
         "task_uid": task_uid,

@@ -74,6 +74,7 @@ ExitStatus = Literal["completed", "stopped", "failed", "aborted", "halted"]
 @dataclass(slots=True)
 class _ActivePlan:
     item_uid: str
+    name: str
     time_start: float
     running: bool = True
     """A RunEngine call is in progress (False: the plan is paused)."""
@@ -97,6 +98,13 @@ def _continuation(re: RunEngine, action: str) -> tuple[Callable[[], Any], ExitSt
         case "halt":
             return re.halt, "halted"
     raise ValueError(f"not a continuation of a paused plan: {action!r}")
+
+
+def _describe(item: dict[str, Any]) -> str:
+    """`count(['det1'], num=3)`: an item as a call, for the console."""
+    args = [repr(a) for a in item.get("args", [])]
+    kwargs = [f"{k}={v!r}" for k, v in item.get("kwargs", {}).items()]
+    return f"{item.get('name', '?')}({', '.join(args + kwargs)})"
 
 
 def _traceback(exc: BaseException) -> str:
@@ -259,7 +267,10 @@ class RunEngineWorker(Actor):
             raise InvalidState("Cannot start a plan: a foreground task is running")
         if str(env.re.state) != "idle":
             raise InvalidState(f"Cannot start a plan: the RunEngine is in {env.re.state!r} state")
-        self._plan = _ActivePlan(item_uid=str(item.get("item_uid", "")), time_start=time.time())
+        self._plan = _ActivePlan(
+            item_uid=str(item.get("item_uid", "")), name=str(item.get("name")), time_start=time.time()
+        )
+        self._say(f"Starting the plan {_describe(item)} (item {self._plan.item_uid})")
         self._plan.call = self._spawn(self._drive(self._plan, lambda: env.plan_call(item)(), "completed"))
         return WorkerAck(re_state=self._re_state)
 
@@ -322,6 +333,10 @@ class RunEngineWorker(Actor):
         else:
             result = self._plan_result(plan, exit_status)
         self._plan, plan.result = None, result
+        self._say(
+            f"The plan {plan.name} (item {plan.item_uid}) ended: {result.exit_status}"
+            + (f": {result.msg}" if result.msg else "")
+        )
         if not plan.silent:
             self.ctx.tell(QUEUE_MANAGER, PlanEnded(item_uid=plan.item_uid, result=result))
         if self._runs:  # the run list shows the current plan's runs only (bluesky-queueserver's `re_runs`)
@@ -428,6 +443,11 @@ class RunEngineWorker(Actor):
                         existing_devices=descriptions.existing_devices,
                     ),
                 )
+
+    def _say(self, line: str) -> None:
+        """A line on QS_Console, as the incumbent's manager logs plan starts and ends there."""
+        if self._console is not None:
+            self._console.add(f"{line}\n")
 
     # -- jobs ------------------------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -171,6 +171,7 @@ def test_monitor_summarises_qs_info_on_one_line(daemon: DaemonProcess) -> None:
 
 def test_monitor_exits_quietly_on_ctrl_c(daemon: DaemonProcess) -> None:
     cmd = [sys.executable, "-m", "stationd.daemon.ctl", "--info-addr", daemon.info_addr, "--json", "monitor"]
+    cmd += ["--topic", "QS_Info"]  # the status repeats every second; other topics come when things happen
     # A shell may start background jobs with SIGINT ignored; give the child the default, as a terminal would.
     proc = subprocess.Popen(
         cmd,
