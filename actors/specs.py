@@ -69,6 +69,10 @@ class ActorSpec(
     log_level: Annotated[str | None, Meta(description="Log level of this actor; default: the daemon's.")] = (
         None
     )
+    heartbeat_timeout: (
+        Annotated[float, Meta(gt=0, description="A process actor silent this long is killed.")] | None
+    ) = None
+    """Default: the runtime's (`[runtime] heartbeat_timeout`)."""
 
 
 class SupervisorSpec(

@@ -153,7 +153,7 @@ class ProcessChild:
 
     async def _watch_heartbeats(self) -> None:
         loop = asyncio.get_running_loop()
-        timeout = self._settings.heartbeat_timeout
+        timeout = self.spec.heartbeat_timeout or self._settings.heartbeat_timeout
         while True:
             remaining = self._last_beat + timeout - loop.time()
             if remaining <= 0:

@@ -816,6 +816,9 @@ class QueueManager(Actor):
             mode=Mode.PROCESS,
             restart=RestartType.TEMPORARY,
             log_level=self.options.worker_log_level,
+            # User code may hold the GIL in a long C call (a big numpy operation); a hung plan is what
+            # environment_destroy is for, so the worker is not killed for a silence of half a second.
+            heartbeat_timeout=10.0,
         )
         try:
             pid = await self.ctx.start_child(spec, incarnation)

@@ -27,12 +27,12 @@ def curve_daemon(tmp_path: Path, keys: dict[str, tuple[str, str]]) -> Iterator[D
 server_secret_key = "{keys["server"][1]}"
 admit_qserver_client_key = true
 qserver_user = "beamline"
-qserver_user_group = "observers"
+qserver_user_group = "primary"
 
 [[security.clients]]
 public_key = "{keys["alice"][0]}"
 user = "alice"
-user_group = "admin"
+user_group = "test_user"
 """
     d = start_daemon(tmp_path, config=config)
     yield d
@@ -125,3 +125,29 @@ user = "operator"
             assert client.ping().daemon_state == "running"
     finally:
         assert d.stop() == 0
+
+
+def test_queue_items_carry_the_identity_of_the_key_not_of_the_request(
+    curve_daemon: DaemonProcess, keys: dict[str, tuple[str, str]]
+) -> None:
+    count = {"item_type": "plan", "name": "count", "args": [["det1"]]}
+    claimed = {"user": "mallory", "user_group": "primary"}
+    with Client(curve_daemon.control_addr, timeout=5, curve=curve_for(keys, "alice")) as client:
+        item = client.request("queue_item_add", {"item": count, **claimed})["item"]
+        assert (item["user"], item["user_group"]) == ("alice", "test_user")
+        # test_user may not use det3, whatever group the request claims
+        refused = client.request_raw("queue_item_add", {"item": {**count, "args": [["det3"]]}, **claimed})
+        assert refused["success"] is False and "det3" in refused["msg"]
+        lock = client.request("lock", {"lock_key": "k", "queue": True, "user": "mallory"})
+        assert lock["lock_info"]["user"] == "alice"
+        client.request("unlock", {"lock_key": "k"})
+
+    from bluesky_queueserver_api import BPlan
+    from bluesky_queueserver_api.zmq import REManagerAPI
+
+    rm = REManagerAPI(zmq_control_addr=curve_daemon.control_addr, zmq_public_key=keys["server"][0])
+    try:
+        item = rm.item_add(BPlan("count", ["det1"]), user="someone", user_group="test_user")["item"]
+    finally:
+        rm.close()
+    assert (item["user"], item["user_group"]) == ("beamline", "primary")  # the qserver key's identity

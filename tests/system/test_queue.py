@@ -274,3 +274,52 @@ def test_environment_close_and_the_incumbent_cli(session: DaemonProcess) -> None
     wait_status(session, lambda s: idle(s) and not s["worker_environment_exists"])
     with pytest.raises(RequestFailedError, match="RE Worker environment does not exist"):
         api(session).queue_start()
+
+
+def test_permissions_can_be_read_replaced_validated_and_reloaded(session: DaemonProcess) -> None:
+    rm = api(session)
+    original = rm.permissions_get()["user_group_permissions"]
+    assert set(original["user_groups"]) == {"root", "primary", "test_user"}
+    allowed_token = rm.status()["plans_allowed_uid"]
+    narrowed = {
+        "user_groups": {
+            "root": original["user_groups"]["root"],
+            "primary": {**original["user_groups"]["primary"], "allowed_plans": [":^count$"]},
+        }
+    }
+    rm.permissions_set(narrowed)
+    assert rm.status()["plans_allowed_uid"] != allowed_token
+    assert list(rm.plans_allowed()["plans_allowed"]) == ["count"]
+    with pytest.raises(RequestFailedError, match="Plan 'scan' is not in the list of allowed plans"):
+        rm.item_add(BPlan("scan", ["det1"], "motor", -1, 1, 3))
+    with pytest.raises(RequestFailedError, match="Unknown user group: 'test_user'"):
+        rm.plans_allowed(user_group="test_user")
+    with pytest.raises(RequestFailedError, match="root"):
+        rm.permissions_set({"user_groups": {"primary": {}}})  # no root group: refused, nothing changed
+    assert rm.permissions_get()["user_group_permissions"] == narrowed
+    rm.permissions_reload()  # back to the file
+    assert rm.permissions_get()["user_group_permissions"] == original
+    assert "scan" in rm.plans_allowed()["plans_allowed"]
+
+
+async def test_the_async_api_drives_the_same_session(session: DaemonProcess) -> None:
+    from bluesky_queueserver_api.zmq.aio import REManagerAPI as AsyncREManagerAPI
+
+    _clear(session)
+    _open(session)
+    rm = AsyncREManagerAPI(
+        zmq_control_addr=session.control_addr,
+        zmq_info_addr=session.info_addr,
+        status_expiration_period=0.02,
+        status_polling_period=0.02,
+    )
+    try:
+        item = (await rm.item_add(BPlan("count", ["det2"], num=2)))["item"]
+        await rm.queue_start()
+        await rm.wait_for_idle(timeout=20)
+        history = await rm.history_get()
+        assert history["items"][-1]["item_uid"] == item["item_uid"]
+        assert history["items"][-1]["result"]["exit_status"] == "completed"
+        assert (await rm.status())["items_in_queue"] == 0
+    finally:
+        await rm.close()

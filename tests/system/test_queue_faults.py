@@ -8,7 +8,9 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from bluesky_queueserver_api import BPlan
+from bluesky_queueserver_api.comm_base import RequestFailedError
 
 from tests.support.daemon import DaemonProcess, start_daemon
 from tests.support.queue import alive, api, env_open, idle, long_count, wait_status, worker_pid
@@ -175,3 +177,25 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_manager_stop_safe_on_is_refused_while_busy_and_safe_off_stops_the_daemon(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path)
+    try:
+        uids = _open_and_run(d, long_count())
+        rm = api(d)
+        with pytest.raises(RequestFailedError, match="allowed only in 'idle' state"):
+            rm.send_request(method="manager_stop", params={"option": "safe_on"})
+        rm.send_request(method="manager_stop", params={"option": "safe_off"})
+        assert d.proc.wait(timeout=20) == 0  # an orderly stop: the plan is stopped and recorded
+    finally:
+        d.stop()
+    d = start_daemon(tmp_path)
+    try:
+        last = api(d).history_get()["items"][-1]
+        assert (last["item_uid"], last["result"]["exit_status"]) == (uids[0], "stopped")
+        with d.client() as client:
+            client.request("manager_stop", {"option": "safe_on"})  # idle: accepted
+        assert d.proc.wait(timeout=20) == 0
+    finally:
+        d.stop()
