@@ -69,10 +69,10 @@ class ActorSpec(
     log_level: Annotated[str | None, Meta(description="Log level of this actor; default: the daemon's.")] = (
         None
     )
-    heartbeat_timeout: (
-        Annotated[float, Meta(gt=0, description="A process actor silent this long is killed.")] | None
-    ) = None
-    """Default: the runtime's (`[runtime] heartbeat_timeout`)."""
+    heartbeat_timeout: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        Meta(description="A process actor silent this long is killed; default: [runtime]'s."),
+    ] = None
 
 
 class SupervisorSpec(
