@@ -38,10 +38,23 @@ class TaskResults:
         self._completed[task_uid] = (self.clock(), {**result, "task_uid": task_uid})
         return True
 
-    def forget_running(self) -> list[str]:
-        """The worker is gone: its running tasks will never report (they are failed with a message)."""
+    def fail_running(self, reason: str) -> list[str]:
+        """The worker is gone: its running tasks will never report; they complete as failed with `reason`."""
         uids = list(self._running)
-        self._running.clear()
+        now = self.clock()
+        for uid in uids:
+            running = self._running[uid]
+            self.completed(
+                uid,
+                {
+                    "success": False,
+                    "msg": reason,
+                    "traceback": "",
+                    "return_value": None,
+                    "time_start": running.time_start,
+                    "time_stop": now,
+                },
+            )
         return uids
 
     @property
