@@ -323,3 +323,59 @@ async def test_the_async_api_drives_the_same_session(session: DaemonProcess) -> 
         assert (await rm.status())["items_in_queue"] == 0
     finally:
         await rm.close()
+
+
+FAILING = "import bluesky.plan_stubs as bps\n\ndef failing_plan():\n    yield from bps.null()\n    raise RuntimeError('boom')\n"
+
+
+def test_failures_stop_the_queue_unless_ignored_and_autostart_follows(session: DaemonProcess) -> None:
+    rm = api(session)
+    _clear(session)
+    _open(session)
+    task = rm.script_upload(FAILING)["task_uid"]
+    rm.wait_for_completed_task(task, timeout=10)
+    failing = rm.item_add(BPlan("failing_plan"))["item"]
+    after = rm.item_add(BPlan("count", ["det1"], num=1))["item"]
+    rm.queue_autostart(True)
+    assert rm.status()["queue_autostart_enabled"]
+    status = wait_status(
+        session, lambda s: idle(s) and s["running_item_uid"] is None and s["items_in_queue"] == 2
+    )
+    # a failure stops the queue, puts the item back at the front (new uid, with its result), disables autostart
+    last = rm.history_get()["items"][-1]
+    assert last["item_uid"] == failing["item_uid"] and last["result"]["exit_status"] == "failed"
+    assert "boom" in last["result"]["msg"] and "RuntimeError" in last["result"]["traceback"]
+    queue = rm.queue_get()["items"]
+    assert queue[0]["name"] == "failing_plan" and queue[1]["item_uid"] == after["item_uid"]
+    assert not status["queue_autostart_enabled"]
+
+    rm.queue_mode_set(ignore_failures=True)
+    rm.queue_start()
+    wait_status(session, lambda s: idle(s) and s["items_in_queue"] == 0)
+    outcomes = [h["result"]["exit_status"] for h in rm.history_get()["items"][-2:]]
+    assert outcomes == ["failed", "completed"]  # ignored: the queue went on
+
+    rm.queue_autostart(True)  # autostart starts whatever is added while idle
+    added = rm.item_add(BPlan("count", ["det2"], num=1))["item"]
+    wait_status(session, lambda s: idle(s) and s["items_in_queue"] == 0 and s["running_item_uid"] is None)
+    assert rm.history_get()["items"][-1]["item_uid"] == added["item_uid"]
+    rm.queue_autostart(False)
+    rm.queue_mode_set(mode="default")
+
+
+def test_queue_stop_lets_the_running_plan_finish(session: DaemonProcess) -> None:
+    rm = api(session)
+    _clear(session)
+    _open(session)
+    with pytest.raises(RequestFailedError, match="Queue is not running"):
+        rm.queue_stop()
+    first = rm.item_add(BPlan("count", ["det1"], num=10, delay=0.05))["item"]
+    second = rm.item_add(BPlan("count", ["det1"], num=1))["item"]
+    rm.queue_start()
+    wait_status(session, lambda s: s["running_item_uid"] == first["item_uid"])
+    rm.queue_stop()
+    assert rm.status()["queue_stop_pending"]
+    status = wait_status(session, lambda s: idle(s) and s["running_item_uid"] is None)
+    assert not status["queue_stop_pending"]
+    assert rm.history_get()["items"][-1]["item_uid"] == first["item_uid"]
+    assert [i["item_uid"] for i in rm.queue_get()["items"]] == [second["item_uid"]]
