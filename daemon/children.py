@@ -75,7 +75,8 @@ class ProcessChild:
             state_dir=str(settings.state_dir),
             log_level=self.level,
             log_format=settings.log_format,
-            heartbeat_interval=settings.heartbeat_interval,
+            # a longer timeout needs fewer beats (an idle worker then wakes once a second, not ten times)
+            heartbeat_interval=max(settings.heartbeat_interval, (self.spec.heartbeat_timeout or 0) / 10),
             ask_timeout=settings.ask_timeout,
             sys_path=list(sys.path),
             parent_pid=os.getpid(),

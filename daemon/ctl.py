@@ -27,11 +27,13 @@ from stationd.protocol.client import (
 from stationd.protocol.codec import json_encoder
 from stationd.protocol.errors import DeadlineExceeded, StationError
 from stationd.protocol.pubsub import CONSOLE, EVENT_PREFIX, INFO, LOG
+from stationd.protocol.queue_client import WaitTimeout
 from stationd.protocol.supervision import ActorInfo
 from stationd.protocol.system import Status
 from stationd.protocol.version import VERSION
 
 from .ctl_obs import add_obs_parser, run_obs
+from .ctl_queue import QUEUE_COMMANDS, add_queue_parsers, run_queue
 
 __all__ = ["format_duration", "format_event", "main"]
 
@@ -86,7 +88,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The command line: global options, then `ping`, `status`, `monitor` or `obs …`."""
+    """The command line: global options, then `ping`, `status`, `monitor`, `obs …` or a queue command."""
     parser = argparse.ArgumentParser(prog="stationctl", description="Talk to a running stationd daemon.")
     parser.add_argument("--version", action="version", version=f"stationctl {VERSION}")
     _add_global_options(parser, suppress=False)
@@ -99,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     for command in commands.values():
         _add_global_options(command, suppress=True)
     add_obs_parser(sub, lambda p: _add_global_options(p, suppress=True))
+    add_queue_parsers(sub, lambda p: _add_global_options(p, suppress=True))
     monitor = commands["monitor"]
     topic_help = "topic prefix (repeatable; default: all)"
     monitor.add_argument("--topic", action="append", default=[], metavar="PREFIX", help=topic_help)
@@ -291,8 +294,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "obs":
             code = run_obs(args, curve, out, parser)
+        elif args.command in QUEUE_COMMANDS:
+            code = run_queue(args, curve, out, parser)
         else:
             code = COMMANDS[args.command](args, curve, out)
+    except WaitTimeout as exc:  # the daemon answers, but the awaited state did not come (`--wait`)
+        code = fail(f"error [{exc.code}]: {exc.msg}")
     except DeadlineExceeded:
         code = fail(
             f"error: stationd did not answer at {args.control_addr} within {args.timeout:g} s "
@@ -303,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     except msgspec.ValidationError as exc:
         code = fail(f"error: unexpected reply from {args.control_addr}: {exc}")
     except KeyboardInterrupt:
-        code = 0 if args.command == "monitor" else 130
+        code = 0 if args.command in ("monitor", "watch") else 130
     except BrokenPipeError:  # e.g. `stationctl monitor | head`: the reader is gone; leave quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0

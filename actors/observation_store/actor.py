@@ -1,5 +1,6 @@
 """The observation store actor: IQM station control's data API (observations, sets, sequences, DUTs,
-settings, software versions) and Ricochet-style messages, persisted through the storage layer."""
+settings, software versions), Ricochet-style messages and bluesky's documents, persisted through the storage
+layer."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from stationd.actors.base import Actor, ActorContext
 from stationd.actors.storage.query import parse_query
 from stationd.actors.storage.sqlite import SQLiteStore
 from stationd.actors.storage.store import Store
+from stationd.protocol import documents as docs
 from stationd.protocol import observations as obs
 from stationd.protocol.errors import Conflict, InvalidParams, NotFound
 
@@ -37,6 +39,7 @@ from .requests import (
     parse_messages,
     valid_only,
 )
+from .runs import Runs
 
 __all__ = ["ObservationStore", "ObservationStoreOptions"]
 
@@ -61,6 +64,10 @@ Inbox = (
     | obs.SoftwareVersionSetGetOrCreate
     | obs.MessagesInsert
     | obs.MessagesQuery
+    | docs.StoreDocuments
+    | docs.CloseOpenRuns
+    | docs.RunsGet
+    | docs.RunsQuery
 )
 
 
@@ -103,6 +110,7 @@ class ObservationStore(Actor):
         super().__init__(ctx, options)
         self.options = options
         self.store: Store = self._make_store()
+        self.runs = Runs(self.store, ctx)
 
     def _make_store(self) -> Store:
         if self.options.backend == "mongodb":
@@ -173,6 +181,18 @@ class ObservationStore(Actor):
                 return obs.ItemsReply(items=await self._insert_messages(messages))
             case obs.MessagesQuery(lookups=lookups):
                 return await self._query_messages(lookups)
+            case docs.StoreDocuments(docs=documents):
+                await self.runs.store_documents(documents)
+                return None
+            case docs.CloseOpenRuns():
+                closed = await self.runs.close_open_runs(msg)
+                if closed.run_uids:
+                    self.ctx.publish("runs_closed", {"run_uids": closed.run_uids, "reason": msg.reason})
+                return closed
+            case docs.RunsGet():
+                return await self.runs.get_run(msg)
+            case docs.RunsQuery(lookups=lookups):
+                return await self.runs.query_runs(lookups)
             case _:
                 assert_never(msg)
 

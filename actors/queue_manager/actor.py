@@ -75,7 +75,7 @@ class QueueManager(ContentsHandlers, ExecutionHandlers, EnvironmentHandlers, Adm
         self.permissions = settings.get("permissions") or self._permissions_from_file()
         self.lock = msgspec.convert(settings.get("lock", {}), locks.LockState)
         self.status.lock = {"environment": self.lock.environment, "queue": self.lock.queue}
-        self._set_existing(settings.get("existing") or default_existing(self._uses_builtin_profile()))
+        self._set_existing(settings.get("existing") or default_existing(self.options))
         same_process = settings.get("process") == _PROCESS_TOKEN  # an actor restart, not a daemon launch
         self.status.queue_autostart_enabled = same_process and bool(settings.get("autostart"))
         self.status.queue_stop_pending = same_process and bool(settings.get("stop_pending"))

@@ -45,7 +45,7 @@ class AdminHandlers(ManagerCore):
     async def _permissions_reload(self, msg: q.PermissionsReload) -> q.Reply:
         if msg.restore_plans_devices:
             settings = await self.records.load_settings()
-            self._set_existing(settings.get("existing") or default_existing(self._uses_builtin_profile()))
+            self._set_existing(settings.get("existing") or default_existing(self.options))
         permissions = self._permissions_from_file() if msg.restore_permissions else self.permissions
         await self._set_permissions(permissions)
         return q.Reply()

@@ -91,6 +91,7 @@ class ManagerCore:
         self.foreground_task: str | None = None
         self.worker = Worker()
         self._jobs: set[asyncio.Task[None]] = set()
+        self._status_scheduled = False
         self._quick_deaths = 0
         self._emergency_key = options.emergency_lock_key or os.environ.get(
             "QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER", ""
@@ -182,10 +183,6 @@ class ManagerCore:
         self.status.plans_allowed_uid = new_uid()
         self.status.devices_allowed_uid = new_uid()
 
-    def _uses_builtin_profile(self) -> bool:
-        o = self.options
-        return not (o.startup_dir or o.startup_script or o.startup_module)
-
     def _flags(self) -> dict[str, Any]:
         return {
             "autostart": self.status.queue_autostart_enabled,
@@ -208,6 +205,14 @@ class ManagerCore:
         self._publish_status()
 
     def _publish_status(self) -> None:
+        """Publish the status once the current step is done: a plan's end changes it several times in a
+        row (history, queue, RunEngine state, runs), and the daemon's status follows every publication."""
+        if not self._status_scheduled:
+            self._status_scheduled = True
+            asyncio.get_running_loop().call_soon(self._publish_status_now)
+
+    def _publish_status_now(self) -> None:
+        self._status_scheduled = False
         s = self.status
         s.items_in_queue = self.pq.queue_size
         s.items_in_history = self.pq.history_size
@@ -251,13 +256,23 @@ def is_immediate(item: dict[str, Any] | None) -> bool:
     return bool(item and item.get("properties", {}).get("immediate_execution"))
 
 
-def default_existing(builtin_profile: bool) -> dict[str, Any]:
-    """Before the first environment opens: for the built-in profile, bluesky-queueserver's cached
-    descriptions of its simulated profile (as the incumbent does), so that items can be queued at once."""
-    if not builtin_profile:
-        return {}
+def default_existing(options: QueueManagerOptions) -> dict[str, Any]:
+    """The plan and device descriptions before the first environment opens, so that items can be queued at
+    once (as the incumbent does): `existing_plans_and_devices.yaml` of the startup folder if it has one; for
+    the built-in profile, bluesky-queueserver's file describing its simulated profile."""
     from bluesky_queueserver.manager import profile_ops
 
-    path = Path(profile_ops.get_default_startup_dir()) / "existing_plans_and_devices.yaml"
-    plans, devices = profile_ops.load_existing_plans_and_devices(str(path))
+    if options.startup_dir or options.startup_script or options.startup_module:
+        folder = options.startup_dir or (
+            str(Path(options.startup_script).parent) if options.startup_script else ""
+        )
+        path = Path(folder) / "existing_plans_and_devices.yaml" if folder else None
+        if path is None or not path.is_file():
+            return {}
+    else:
+        path = Path(profile_ops.get_default_startup_dir()) / "existing_plans_and_devices.yaml"
+    try:
+        plans, devices = profile_ops.load_existing_plans_and_devices(str(path))
+    except Exception:  # an unreadable file is as good as none: the first environment_open describes anew
+        return {}
     return {"plans": plans, "devices": devices}

@@ -51,6 +51,7 @@ from stationd.protocol.worker import (
 )
 
 from .console import ConsoleCapture
+from .documents import DocumentSender
 from .threads import run_in_thread
 from .values import json_safe, wire_safe
 
@@ -134,6 +135,7 @@ class RunEngineWorker(Actor):
         self._runs: list[RunInfo] = []
         self._foreground_task: str | None = None
         self._jobs: set[asyncio.Task[None]] = set()
+        self._documents = DocumentSender(ctx)
 
     # -- life cycle (on the actor loop, in the worker process) ----------------------------------------------
     async def on_start(self) -> None:
@@ -244,6 +246,7 @@ class RunEngineWorker(Actor):
             self.ctx.publish_topic(topic, {"name": name, "doc": doc})
         except TypeError:  # a value the bus codec does not know (user metadata): send a readable form
             self.ctx.publish_topic(topic, {"name": name, "doc": wire_safe(doc)})
+        self._documents.add(name, doc)  # the observation store keeps them (databroker's layout)
         if name == "start":
             scan_id = doc.get("scan_id")
             scan_id = scan_id if isinstance(scan_id, int) and not isinstance(scan_id, bool) else None

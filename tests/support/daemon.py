@@ -48,6 +48,10 @@ class DaemonProcess:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # the test fails on the timeout; no daemon is left behind
+            self.proc.wait()
+            raise
         finally:
             self.notify.close()
 

@@ -131,9 +131,11 @@ def test_a_killed_daemon_restarts_with_queue_history_modes_and_locks(tmp_path: P
 
 def test_sigterm_during_a_plan_stops_it_records_it_and_exits_0(tmp_path: Path) -> None:
     d = start_daemon(tmp_path)
-    uids = _open_and_run(d, long_count())
-    worker = worker_pid(d)
-    assert d.stop() == 0
+    try:
+        uids = _open_and_run(d, long_count())
+        worker = worker_pid(d)
+    finally:
+        assert d.stop() == 0
     assert not alive(worker)
     d = start_daemon(tmp_path)
     try:

@@ -1,0 +1,55 @@
+"""Hands the RunEngine's documents to the observation store, which stores them (`StoreDocuments` tells)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from stationd.actors.base import ActorContext
+from stationd.protocol.documents import StoreDocuments
+from stationd.protocol.errors import StationError
+from stationd.protocol.methods import OBSERVATION_STORE
+
+from .values import wire_safe
+
+__all__ = ["DocumentSender"]
+
+_MAX_BATCH = 1000
+"""Most documents in one tell (a fast plan's events arrive by the thousand)."""
+
+
+class DocumentSender:
+    """Tells documents to the observation store in the order they came: those that arrive in one iteration of
+    the actor loop go in one tell, sent at the start of the next iteration (so before anything the loop does
+    after the call that produced them returns, such as telling that the plan ended). A failure to send is
+    logged, never raised: storing documents must not stop a plan."""
+
+    def __init__(self, ctx: ActorContext) -> None:
+        self._ctx = ctx
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+
+    def add(self, name: str, doc: dict[str, Any]) -> None:
+        """Queue a document (on the actor loop)."""
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append((name, doc))
+        if len(self._pending) >= _MAX_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Tell the queued documents now."""
+        docs, self._pending = self._pending, []
+        if not docs:
+            return
+        try:
+            try:
+                self._ctx.tell(OBSERVATION_STORE, StoreDocuments(docs=docs))
+            except (TypeError, OverflowError):  # a value the bus codec does not know (user metadata)
+                self._ctx.tell(OBSERVATION_STORE, StoreDocuments(docs=[(n, wire_safe(d)) for n, d in docs]))
+        except (StationError, TypeError, OverflowError) as exc:  # still not encodable, or the mailbox closed
+            self._ctx.log.error(
+                "documents_not_sent",
+                error=f"{type(exc).__name__}: {exc}",
+                documents=len(docs),
+                names=sorted({n for n, _ in docs}),
+            )
