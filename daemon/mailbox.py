@@ -37,6 +37,9 @@ _ENVELOPE_DECODER = msgspec.msgpack.Decoder(Envelope)
 _CONTROL_DECODER = msgpack_decoder(ControlMessage)
 _ERROR_DECODER = msgspec.msgpack.Decoder(ErrorInfo)
 _REPLY_DECODERS: dict[Any, msgspec.msgpack.Decoder] = {}
+_LOCAL: dict[bytes, Mailbox] = {}
+"""Open mailboxes of this process by identity: a message between two of them skips the sockets (same event
+loop, same order guarantees: each delivery is a callback in send order), which halves a request's latency."""
 
 
 def encode_envelope(env: Envelope) -> bytes:
@@ -56,6 +59,10 @@ def _reply_decoder(reply_type: Any) -> msgspec.msgpack.Decoder:
     if dec is None:
         dec = _REPLY_DECODERS[reply_type] = msgpack_decoder(reply_type)
     return dec
+
+
+def _error_envelope(sender: str, corr: int, err: StationError) -> Envelope:
+    return Envelope(Kind.ERROR, sender, corr, body=encode_body(err.to_info()))
 
 
 @dataclass(slots=True)
@@ -99,10 +106,13 @@ class Mailbox:
         self._pending: dict[int, _Pending] = {}
         self._corr = itertools.count(1)
         self.task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._receive(), name=f"mailbox:{self.name}")
+        self._loop = asyncio.get_running_loop()
+        self.task = self._loop.create_task(self._receive(), name=f"mailbox:{self.name}")
+        _LOCAL[self.name.encode()] = self  # a restarted actor's new mailbox takes over the name
 
     # -- sending -------------------------------------------------------------------------------------------
     def send(self, recipient: str | bytes, env: Envelope) -> None:
@@ -110,6 +120,10 @@ class Mailbox:
         if self.closed:
             raise ActorStopped(f"mailbox {self.name!r} is closed")
         to = recipient.encode() if isinstance(recipient, str) else recipient
+        local = _LOCAL.get(to)
+        if local is not None and local._loop is self._loop:
+            self._loop.call_soon(local._incoming, self.name.encode(), env)
+            return
         fut = self._sock.send_multipart([to, encode_envelope(env)])
         if fut.done() and fut.exception() is not None:
             raise InternalError(
@@ -163,9 +177,7 @@ class Mailbox:
         self.send(req.reply_to, Envelope(Kind.REPLY, self.name, req.envelope.corr, body=encode_body(result)))
 
     def reply_error(self, req: Request, err: StationError) -> None:
-        self.send(
-            req.reply_to, Envelope(Kind.ERROR, self.name, req.envelope.corr, body=encode_body(err.to_info()))
-        )
+        self.send(req.reply_to, _error_envelope(self.name, req.envelope.corr, err))
 
     def fail_pending(self, recipient: str, err: StationError) -> None:
         """Fail every ask still waiting for `recipient` (it stopped, so no reply will come)."""
@@ -178,15 +190,25 @@ class Mailbox:
         recv = self._sock.recv_multipart
         while True:
             reply_to, raw = await recv()
-            env = decode_envelope(raw)
-            kind = env.kind
-            if kind == Kind.REPLY or kind == Kind.ERROR:
-                self._resolve(env)
-            elif kind == Kind.CONTROL:
-                if self._on_control is not None:
-                    self._on_control(_CONTROL_DECODER.decode(env.body))
-            else:
-                self._on_request(Request(reply_to, env))
+            self._incoming(reply_to, decode_envelope(raw))
+
+    def _incoming(self, reply_to: bytes, env: Envelope) -> None:
+        """An envelope from the bus or, directly, from another mailbox of this process."""
+        if self.closed:
+            if env.kind == Kind.ASK:  # delivered locally after this mailbox closed: as the bus would answer
+                sender = _LOCAL.get(reply_to)
+                if sender is not None and not sender.closed:
+                    err = ActorStopped(f"actor {self.name!r} is not running")
+                    sender._incoming(self.name.encode(), _error_envelope(self.name, env.corr, err))
+            return
+        kind = env.kind
+        if kind == Kind.REPLY or kind == Kind.ERROR:
+            self._resolve(env)
+        elif kind == Kind.CONTROL:
+            if self._on_control is not None:
+                self._on_control(_CONTROL_DECODER.decode(env.body))
+        else:
+            self._on_request(Request(reply_to, env))
 
     def _resolve(self, env: Envelope) -> None:
         pending = self._pending.get(env.corr)
@@ -218,6 +240,8 @@ class Mailbox:
         if self.closed:
             return
         self.closed = True
+        if _LOCAL.get(self.name.encode()) is self:
+            del _LOCAL[self.name.encode()]
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)  # it may have died of its own error
