@@ -25,7 +25,7 @@ from stationd.protocol.supervision import ActorState, ChildExited
 from . import locks
 from .admin import AdminHandlers
 from .contents import ContentsHandlers
-from .core import RESTART_MSG, Crash, QueueManagerOptions, default_existing, new_uid
+from .core import CRASH_MSG, RESTART_MSG, Crash, QueueManagerOptions, default_existing, new_uid
 from .environment import EnvironmentClosed, EnvironmentHandlers, EnvironmentOpened, WorkerStarted
 from .execution import ExecutionHandlers
 
@@ -82,7 +82,8 @@ class QueueManager(ContentsHandlers, ExecutionHandlers, EnvironmentHandlers, Adm
         for name in ("run_list_uid", "task_results_uid", "lock_info_uid"):
             setattr(self.status, name, new_uid())
         if self.pq.running_item is not None:  # the daemon (or this actor) stopped while a plan ran
-            await self._persist(self.pq.recover_interrupted(RESTART_MSG).changes)
+            reason = CRASH_MSG if same_process else RESTART_MSG
+            await self._persist(self.pq.recover_interrupted(reason).changes)
             self.ctx.log.warning("interrupted_plan_requeued", item_uid=self.pq.items[0]["item_uid"])
         await self.records.save_settings(process=_PROCESS_TOKEN)
         self.status.manager_state = "idle"
@@ -121,7 +122,7 @@ class QueueManager(ContentsHandlers, ExecutionHandlers, EnvironmentHandlers, Adm
         except StationError as exc:
             self.ctx.log.error("plan_stop_failed", error=exc.msg)
             return False
-        result = {"exit_status": "unknown", "msg": RESTART_MSG}
+        result = {"exit_status": "unknown", "msg": "Plan exit status was lost: no plan ran in the worker"}
         if stopped.result is not None:
             result = msgspec.to_builtins(stopped.result)
             result["msg"] = result["msg"] or "Plan stopped: the daemon is shutting down"

@@ -31,6 +31,7 @@ from .tasks import TaskResults
 __all__ = ["ManagerCore", "QueueManagerOptions"]
 
 RESTART_MSG = "Plan exit status was lost: the daemon restarted while the plan was running"
+CRASH_MSG = "Plan exit status was lost: the queue manager crashed and restarted while the plan was running"
 DESTROYED_MSG = "RE Worker environment was destroyed"
 
 

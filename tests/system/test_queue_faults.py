@@ -201,3 +201,25 @@ def test_manager_stop_safe_on_is_refused_while_busy_and_safe_off_stops_the_daemo
         assert d.proc.wait(timeout=20) == 0
     finally:
         d.stop()
+
+
+def test_manager_kill_during_a_plan_records_it_and_requeues_it(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path)
+    try:
+        uids = _open_and_run(d, long_count())
+        worker = worker_pid(d)
+        with d.client() as client:
+            client.request("manager_kill")
+        wait_status(
+            d, lambda s: any(a["name"] == "queue_manager" and a["restarts"] == 1 for a in s["actors"])
+        )
+        assert _wait_gone(worker)  # the crashed manager's worker does not linger
+        rm = api(d)
+        last = rm.history_get()["items"][-1]
+        assert last["item_uid"] == uids[0] and last["result"]["exit_status"] == "unknown"
+        assert "queue manager crashed" in last["result"]["msg"]
+        assert rm.queue_get()["items"][0]["kwargs"] == last["kwargs"]
+        rm.environment_open()
+        assert wait_status(d, env_open)["worker_environment_exists"]
+    finally:
+        d.stop()
