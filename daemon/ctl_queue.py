@@ -12,6 +12,7 @@ import datetime
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -48,11 +49,9 @@ def _number(kind: Callable[[str], float], *, zero: bool) -> Callable[[str], Any]
     return convert
 
 
-_count, _positive_int, _seconds = (
-    _number(int, zero=True),
-    _number(int, zero=False),
-    _number(float, zero=False),
-)
+_count = _number(int, zero=True)
+_positive_int = _number(int, zero=False)
+_seconds = _number(float, zero=False)
 
 
 def add_queue_parsers(sub: Any, add_globals: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -227,8 +226,7 @@ def _compact(value: Any) -> str:
 def _arguments(item: Reply) -> str:
     """`["det1"], num=3`: the args and kwargs of an item."""
     parts = [_compact(a) for a in item.get("args") or []]
-    parts += [f"{k}={_compact(v)}" for k, v in (item.get("kwargs") or {}).items()]
-    return ", ".join(parts)
+    return ", ".join(parts + [f"{k}={_compact(v)}" for k, v in (item.get("kwargs") or {}).items()])
 
 
 def _call(item: Reply) -> str:
@@ -242,10 +240,18 @@ def _when(stamp: Any) -> str:
     return datetime.datetime.fromtimestamp(stamp).strftime("%m-%d %H:%M:%S") if is_time else ""
 
 
-def _duration(seconds: float) -> str:
+def _duration(start: Any, stop: Any) -> str:
     from .ctl import format_duration  # imported here: ctl imports this module
 
-    return format_duration(max(0.0, seconds))
+    is_time = isinstance(start, int | float) and isinstance(stop, int | float)
+    return format_duration(max(0.0, stop - start)) if is_time else ""
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
 
 
 def _add_row(table: Table, *cells: RenderableType | None) -> None:
@@ -254,12 +260,10 @@ def _add_row(table: Table, *cells: RenderableType | None) -> None:
 
 
 def _items_table(title: str, items: list[Reply], offset: int = 0, running: Reply | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("#", "uid", "name", "args/kwargs", "user"):
-        table.add_column(column, overflow="fold")
+    table = _table(title, "#", "uid", "name", "args/kwargs", "user")
     if running:
-        elapsed = time.time() - (running.get("properties") or {}).get("time_start", time.time())
-        name = Text.assemble((running.get("name", "?"), "bold cyan"), f" (running {_duration(elapsed)})")
+        took = _duration((running.get("properties") or {}).get("time_start"), time.time())
+        name = Text.assemble((running.get("name", "?"), "bold cyan"), f" (running {took})")
         _add_row(table, "▶", running.get("item_uid", "")[:8], name, _arguments(running), running.get("user"))
     for n, item in enumerate(items, start=offset):
         name = item.get("name", "?") if item.get("item_type") == "plan" else f"[{item.get('name')}]"
@@ -268,38 +272,29 @@ def _items_table(title: str, items: list[Reply], offset: int = 0, running: Reply
 
 
 def _history_table(title: str, items: list[Reply], offset: int = 0) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("#", "uid", "name", "args/kwargs", "user", "exit status", "started", "duration", "msg"):
-        table.add_column(column, overflow="fold")
+    columns = ("#", "uid", "name", "args/kwargs", "user", "exit status", "started", "duration", "msg")
+    table = _table(title, *columns)
     for n, item in enumerate(items, start=offset):
         result = item.get("result") or {}
-        status = str(result.get("exit_status", "?"))
-        start, stop = result.get("time_start"), result.get("time_stop")
-        took = (
-            _duration(stop - start)
-            if isinstance(start, int | float) and isinstance(stop, int | float)
-            else ""
-        )
+        status, start = str(result.get("exit_status", "?")), result.get("time_start")
         _add_row(
             table,
             str(n),
             item.get("item_uid", "")[:8],
             item.get("name", "?"),
             _arguments(item),
-            item.get("user", ""),
+            item.get("user"),
             Text(status, EXIT_STYLES.get(status, "")),
             _when(start),
-            took,
-            Text(str(result.get("msg", "")), "red"),
+            _duration(start, result.get("time_stop")),
+            Text(result.get("msg", ""), "red"),
         )
     return table
 
 
 def _runs_table(runs: list[Reply]) -> Table:
     title = f"{len(runs)} run{'' if len(runs) == 1 else 's'} of the running plan"
-    table = Table(title=title, title_justify="left")
-    for column in ("uid", "scan_id", "state", "exit status"):
-        table.add_column(column)
+    table = _table(title, "uid", "scan_id", "state", "exit status")
     for run in runs:
         status = str(run.get("exit_status") or "")
         state = Text("open", "cyan") if run.get("is_open") else Text("closed")
@@ -317,73 +312,61 @@ def _on(flag: Any) -> str:
     return "on" if flag else "off"
 
 
-def _grid() -> Table:
+def _grid(rows: list[tuple[str, RenderableType]]) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
+    for name, value in rows:
+        grid.add_row(name, Text(value) if isinstance(value, str) else value)
     return grid
 
 
 def _status_grid(s: Reply) -> Table:
-    grid = _grid()
-    state = str(s.get("manager_state", "?"))
+    state, mode = str(s.get("manager_state", "?")), s.get("plan_queue_mode") or {}
     flags = [f"({f.replace('_', ' ')})" for f in ("queue_stop_pending", "pause_pending") if s.get(f)]
-    grid.add_row(
-        "manager",
-        Text.assemble((state, MANAGER_STYLES.get(state, "yellow")), " ", (" ".join(flags), "yellow")),
-    )
-    env = f"open ({s.get('worker_environment_state')})" if s.get("worker_environment_exists") else "closed"
-    grid.add_row("environment", env)
-    grid.add_row("RunEngine", str(s.get("re_state") or "-"))
-    mode = s.get("plan_queue_mode") or {}
-    grid.add_row(
-        "queue",
-        f"{s.get('items_in_queue', 0)} items, autostart {_on(s.get('queue_autostart_enabled'))}, "
-        f"loop {_on(mode.get('loop'))}, ignore failures {_on(mode.get('ignore_failures'))}",
-    )
     locked = [k for k, v in (s.get("lock") or {}).items() if v]
-    grid.add_row("lock", Text(", ".join(locked), "yellow") if locked else Text("none"))
-    return grid
+    queue = f"{s.get('items_in_queue', 0)} items, autostart {_on(s.get('queue_autostart_enabled'))}, "
+    queue += f"loop {_on(mode.get('loop'))}, ignore failures {_on(mode.get('ignore_failures'))}"
+    manager = Text.assemble((state, MANAGER_STYLES.get(state, "yellow")), " ", (" ".join(flags), "yellow"))
+    env = f"open ({s.get('worker_environment_state')})" if s.get("worker_environment_exists") else "closed"
+    lock = Text(", ".join(locked), "yellow") if locked else "none"
+    rows = [("manager", manager), ("environment", env), ("RunEngine", str(s.get("re_state") or "-"))]
+    return _grid([*rows, ("queue", queue), ("lock", lock)])
 
 
 def _lock_grid(info: Reply) -> Table:
-    grid = _grid()
-    for key in ("environment", "queue"):
-        grid.add_row(f"{key} locked", Text(_on(info.get(key)), "yellow" if info.get(key) else ""))
-    grid.add_row("by", Text(f"{info.get('user') or '-'} at {info.get('time_str') or '-'}"))
-    grid.add_row("note", Text(str(info.get("note") or "-")))
-    grid.add_row("emergency key", "set" if info.get("emergency_lock_key_is_set") else "not set")
-    return grid
+    rows = [
+        (f"{k} locked", Text(_on(info.get(k)), "yellow" if info.get(k) else ""))
+        for k in ("environment", "queue")
+    ]
+    rows += [
+        ("by", f"{info.get('user') or '-'} at {info.get('time_str') or '-'}"),
+        ("note", str(info.get("note") or "-")),
+        ("emergency key", "set" if info.get("emergency_lock_key_is_set") else "not set"),
+    ]
+    return _grid(rows)
 
 
+@dataclass
 class _WatchView:
     """What `watch` shows; rendered anew at each refresh, so the running item's elapsed time moves."""
 
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
-        self.status: Reply = {}
-        self.queue: Reply = {}
-        self.history: Reply = {}
-        self.runs: Reply = {}
+    status: Reply = field(default_factory=dict)
+    queue: Reply = field(default_factory=dict)
+    history: Reply = field(default_factory=dict)
+    runs: Reply = field(default_factory=dict)
 
     def __rich__(self) -> RenderableType:
-        s = self.status
-        head = Text.assemble(
-            ("stationd ", "bold"), str(s.get("version", "")), "  daemon ", str(s.get("daemon_state", "?"))
-        )
+        s, queued, done = self.status, self.queue.get("items") or [], self.history.get("items") or []
+        in_queue, in_history = s.get("items_in_queue", 0), s.get("items_in_history", 0)
+        head = Text.assemble(("stationd ", "bold"), f"{s.get('version', '')}  daemon {s.get('daemon_state')}")
         parts: list[RenderableType] = [head, _status_grid(s)]
         running = self.queue.get("running_item") or None
         if running and self.runs.get("run_list"):
             parts.append(_runs_table(self.runs["run_list"]))
-        queued = self.queue.get("items") or []
-        parts.append(
-            _items_table(f"queue: next {len(queued)} of {s.get('items_in_queue', 0)}", queued, 0, running)
-        )
-        done = self.history.get("items") or []
-        first = max(0, s.get("items_in_history", 0) - len(done))
-        parts.append(
-            _history_table(f"history: last {len(done)} of {s.get('items_in_history', 0)}", done, first)
-        )
+        parts.append(_items_table(f"queue: next {len(queued)} of {in_queue}", queued, 0, running))
+        first = max(0, in_history - len(done))
+        parts.append(_history_table(f"history: last {len(done)} of {in_history}", done, first))
         return Group(*parts)
 
 
@@ -409,6 +392,11 @@ def _fail(text: str) -> int:
     return 1
 
 
+def _since(qc: QueueClient, args: argparse.Namespace) -> int:
+    """With `--wait`: the history's size before the command, to show what finished by the end of the wait."""
+    return qc.status()["items_in_history"] if getattr(args, "wait", False) else 0
+
+
 def _finished(qc: QueueClient, args: argparse.Namespace, p: _Printer, since: int, *states: str) -> int:
     """`--wait`: wait for one of the manager `states`; show what finished since history had `since` items."""
     status = qc.wait_for_condition(lambda s: s.get("manager_state") in states, args.wait_timeout)
@@ -426,8 +414,9 @@ def _queue(qc: QueueClient, args: argparse.Namespace, p: _Printer, parser: argpa
         case "get":
             reply = qc.queue_get(args.offset, args.limit)
             p.reply(reply)
-            title = f"queue ({qc.status()['items_in_queue']} items)"
-            p.show(_items_table(title, reply["items"], args.offset, reply["running_item"] or None))
+            if not p.as_json:
+                title = f"queue ({qc.status()['items_in_queue']} items)"
+                p.show(_items_table(title, reply["items"], args.offset, reply["running_item"] or None))
         case "add" | "execute":
             adding = args.queue_command == "add"
             where, tokens = _placement(args, args.spec) if adding else ({}, args.spec)
@@ -435,7 +424,7 @@ def _queue(qc: QueueClient, args: argparse.Namespace, p: _Printer, parser: argpa
                 item = item_from_args(args.kind, tokens)
             except ValueError as exc:
                 parser.error(str(exc))
-            since = qc.status()["items_in_history"]
+            since = _since(qc, args)
             user = {"user": args.user, "user_group": args.user_group, "lock_key": key}
             reply = qc.item_add(item, **where, **user) if adding else qc.item_execute(item, **user)
             p.reply(reply)
@@ -466,15 +455,16 @@ def _queue(qc: QueueClient, args: argparse.Namespace, p: _Printer, parser: argpa
             p.reply(qc.queue_autostart(args.state == "on", lock_key=key))
             p.show(f"autostart {args.state}")
         case "start":
-            since = qc.status()["items_in_history"]
+            since = _since(qc, args)
             p.reply(qc.queue_start(lock_key=key))
             p.show("queue started")
             if args.wait:
                 return _finished(qc, args, p, since, "idle")
         case "mode":
             p.reply(qc.queue_mode_set(mode=_mode(args.pairs, parser), lock_key=key))
-            now = qc.status()["plan_queue_mode"]
-            p.show("queue mode: " + ", ".join(f"{k}={_compact(v)}" for k, v in now.items()))
+            if not p.as_json:
+                now = qc.status()["plan_queue_mode"]
+                p.show("queue mode: " + ", ".join(f"{k}={_compact(v)}" for k, v in now.items()))
         case _:
             raise AssertionError(args.queue_command)
     return 0
@@ -513,8 +503,9 @@ def _history(qc: QueueClient, args: argparse.Namespace, p: _Printer) -> int:
     if args.history_command == "get":
         reply = qc.history_get(args.offset, args.limit)
         p.reply(reply)
-        total = qc.status()["items_in_history"]
-        p.show(_history_table(f"history ({total} items)", reply["items"], args.offset))
+        if not p.as_json:
+            total = qc.status()["items_in_history"]
+            p.show(_history_table(f"history ({total} items)", reply["items"], args.offset))
     else:
         p.reply(qc.history_clear(size=args.size, item_uid=args.item_uid, lock_key=args.lock_key))
         p.show("history cleared")
@@ -563,7 +554,7 @@ def _run_engine(
         p.reply(reply)
         p.show(_runs_table(reply["run_list"]))
         return 0
-    since = qc.status()["items_in_history"]
+    since = _since(qc, args)
     if action == "pause":
         p.reply(qc.re_pause(option or "deferred", lock_key=key))
     else:
@@ -592,7 +583,7 @@ def _lock(qc: QueueClient, args: argparse.Namespace, p: _Printer, parser: argpar
 
 def _watch(qc: QueueClient, args: argparse.Namespace, out: Console) -> int:
     """`stationctl watch`: redrawn at each status update; lists are fetched again only when they changed."""
-    view = _WatchView(args.rows)
+    view = _WatchView()
     seen: dict[str, Any] = {}
 
     def update(status: Reply) -> Reply:
