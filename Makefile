@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench schema system-deps clean
+.PHONY: serve test lint bench bench-queue schema system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/front_door.py
+
+# stationd against bluesky-queueserver 0.0.25; installs the incumbent into .bench-venv (benchmark only)
+# and redis-server (apt) on first use.
+bench-queue: $(STAMP)
+	$(BIN)/python bench/queue_manager.py $(ARGS)
 
 # Regenerate protocol/schema.json (refuses when the schema changed without a PROTOCOL_VERSION bump).
 schema: $(STAMP)
