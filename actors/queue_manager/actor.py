@@ -10,6 +10,8 @@ RunEngine returns (no polling).
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, Union
@@ -70,12 +72,11 @@ class QueueManager(ContentsHandlers, ExecutionHandlers, EnvironmentHandlers, Adm
     ctx: SupervisorContext
 
     async def on_start(self) -> None:
+        self._dispatch = self._handlers()
         await self.records.open()
         self.pq, settings = await self.records.load()
-        self.permissions = settings.get("permissions") or self._permissions_from_file()
         self.lock = msgspec.convert(settings.get("lock", {}), locks.LockState)
         self.status.lock = {"environment": self.lock.environment, "queue": self.lock.queue}
-        self._set_existing(settings.get("existing") or default_existing(self.options))
         same_process = settings.get("process") == _PROCESS_TOKEN  # an actor restart, not a daemon launch
         self.status.queue_autostart_enabled = same_process and bool(settings.get("autostart"))
         self.status.queue_stop_pending = same_process and bool(settings.get("stop_pending"))
@@ -86,10 +87,33 @@ class QueueManager(ContentsHandlers, ExecutionHandlers, EnvironmentHandlers, Adm
             await self._persist(self.pq.recover_interrupted(reason).changes)
             self.ctx.log.warning("interrupted_plan_requeued", item_uid=self.pq.items[0]["item_uid"])
         await self.records.save_settings(process=_PROCESS_TOKEN)
-        self.status.manager_state = "idle"
-        self._publish_status()
+        self._publish_status()  # "initializing" until the descriptions are loaded
+        self._start_job(self._load_descriptions(settings))
         if self.options.spare_worker:
             self._spawn_worker()
+
+    async def _load_descriptions(self, settings: dict[str, Any]) -> None:
+        """Permissions and plan/device descriptions, loaded in a thread (bluesky-queueserver's tools take
+        ~0.5 s to import and run), so that the daemon answers at once; requests wait for them."""
+
+        def load() -> tuple[dict[str, Any], str, dict[str, Any]]:
+            permissions, error = settings.get("permissions") or {}, ""
+            if not permissions:
+                try:
+                    permissions = self._permissions_from_file()
+                except InvalidParams as exc:
+                    error = exc.msg
+            existing = settings.get("existing") or default_existing(self.options)
+            importlib.import_module("bluesky_queueserver.manager.profile_ops")  # here, not on the loop
+            return permissions, error, existing
+
+        permissions, error, existing = await asyncio.to_thread(load)
+        if error:
+            self.ctx.log.error("permissions_invalid", error=error)
+        self.permissions, self.permissions_error = permissions, error
+        self._set_existing(existing)
+        self._loaded.set()
+        self._set_idle()
 
     async def on_stop(self) -> None:
         """An orderly stop (SIGTERM, `manager_stop`): a running plan is stopped (RunEngine stop), recorded
@@ -130,9 +154,11 @@ class QueueManager(ContentsHandlers, ExecutionHandlers, EnvironmentHandlers, Adm
         return True
 
     async def handle(self, msg: Any) -> Any:
-        handler = self._handlers().get(type(msg))
+        handler = self._dispatch.get(type(msg))
         if handler is None:
             raise InvalidParams(f"the queue manager does not handle {type(msg).__name__}")
+        if not self._loaded.is_set() and isinstance(msg, q._Params):
+            await self._loaded.wait()
         if isinstance(msg, _QUEUE_LOCKED):
             self._check_lock(msg.lock_key, queue=True)
         elif isinstance(msg, q._Locked):

@@ -147,6 +147,8 @@ def test_refusals_raise_the_typed_error_with_the_daemons_message(qc: QueueClient
 def test_a_wait_already_satisfied_returns_the_current_status_without_the_stream(
     daemon: DaemonProcess,
 ) -> None:
+    with QueueClient(daemon.control_addr, info_addr=daemon.info_addr) as qc:
+        qc.wait_for_idle(timeout=10)  # the queue manager loads its descriptions after the daemon is ready
     nobody = f"tcp://127.0.0.1:{free_port()}"  # no info stream there: only the status check can answer
     with QueueClient(daemon.control_addr, info_addr=nobody) as qc:
         status = qc.wait_for_idle(timeout=5)
