@@ -8,30 +8,33 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import datetime
 import json
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, RenderableType
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from stationd.protocol.client import CurveKeys
 from stationd.protocol.codec import json_encoder
 from stationd.protocol.queue_client import DEFAULT_USER, DEFAULT_USER_GROUP, QueueClient
 
+from .ctl_queue_view import (
+    MANAGER_STYLES,
+    WatchView,
+    call,
+    compact,
+    history_table,
+    items_table,
+    lock_grid,
+    runs_table,
+)
+
 __all__ = ["QUEUE_COMMANDS", "add_queue_parsers", "item_from_args", "run_queue"]
 
 QUEUE_COMMANDS = frozenset({"queue", "history", "environment", "re", "lock", "unlock", "manager", "watch"})
-EXIT_STYLES = dict(
-    completed="green", stopped="yellow", failed="red", aborted="red", halted="red", unknown="magenta"
-)
-MANAGER_STYLES = {"idle": "green", "paused": "yellow", "executing_queue": "cyan", "executing_task": "cyan"}
 _JSON = json_encoder()
 Reply = dict[str, Any]
 
@@ -218,158 +221,6 @@ def _ref(text: str) -> dict[str, Any]:
     return {"uid": text} if pos is None else {"pos": pos}
 
 
-# -- rendering ----------------------------------------------------------------------------------------------
-def _compact(value: Any) -> str:
-    return _JSON.encode(value).decode()
-
-
-def _arguments(item: Reply) -> str:
-    """`["det1"], num=3`: the args and kwargs of an item."""
-    parts = [_compact(a) for a in item.get("args") or []]
-    return ", ".join(parts + [f"{k}={_compact(v)}" for k, v in (item.get("kwargs") or {}).items()])
-
-
-def _call(item: Reply) -> str:
-    """`count(["det1"], num=3)`, or an instruction's name."""
-    plan = item.get("item_type") == "plan"
-    return f"{item.get('name', '?')}({_arguments(item)})" if plan else str(item.get("name", "?"))
-
-
-def _when(stamp: Any) -> str:
-    is_time = isinstance(stamp, int | float)
-    return datetime.datetime.fromtimestamp(stamp).strftime("%m-%d %H:%M:%S") if is_time else ""
-
-
-def _duration(start: Any, stop: Any) -> str:
-    from .ctl import format_duration  # imported here: ctl imports this module
-
-    is_time = isinstance(start, int | float) and isinstance(stop, int | float)
-    return format_duration(max(0.0, stop - start)) if is_time else ""
-
-
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
-
-
-def _add_row(table: Table, *cells: RenderableType | None) -> None:
-    """A row whose text is shown as it is: names and arguments come from users, not rich markup."""
-    table.add_row(*(Text(c) if isinstance(c, str) else c for c in cells))
-
-
-def _items_table(title: str, items: list[Reply], offset: int = 0, running: Reply | None = None) -> Table:
-    table = _table(title, "#", "uid", "name", "args/kwargs", "user")
-    if running:
-        took = _duration((running.get("properties") or {}).get("time_start"), time.time())
-        name = Text.assemble((running.get("name", "?"), "bold cyan"), f" (running {took})")
-        _add_row(table, "▶", running.get("item_uid", "")[:8], name, _arguments(running), running.get("user"))
-    for n, item in enumerate(items, start=offset):
-        name = item.get("name", "?") if item.get("item_type") == "plan" else f"[{item.get('name')}]"
-        _add_row(table, str(n), item.get("item_uid", "")[:8], name, _arguments(item), item.get("user", ""))
-    return table
-
-
-def _history_table(title: str, items: list[Reply], offset: int = 0) -> Table:
-    columns = ("#", "uid", "name", "args/kwargs", "user", "exit status", "started", "duration", "msg")
-    table = _table(title, *columns)
-    for n, item in enumerate(items, start=offset):
-        result = item.get("result") or {}
-        status, start = str(result.get("exit_status", "?")), result.get("time_start")
-        _add_row(
-            table,
-            str(n),
-            item.get("item_uid", "")[:8],
-            item.get("name", "?"),
-            _arguments(item),
-            item.get("user"),
-            Text(status, EXIT_STYLES.get(status, "")),
-            _when(start),
-            _duration(start, result.get("time_stop")),
-            Text(result.get("msg", ""), "red"),
-        )
-    return table
-
-
-def _runs_table(runs: list[Reply]) -> Table:
-    title = f"{len(runs)} run{'' if len(runs) == 1 else 's'} of the running plan"
-    table = _table(title, "uid", "scan_id", "state", "exit status")
-    for run in runs:
-        status = str(run.get("exit_status") or "")
-        state = Text("open", "cyan") if run.get("is_open") else Text("closed")
-        _add_row(
-            table,
-            run.get("uid", ""),
-            str(run.get("scan_id", "")),
-            state,
-            Text(status, EXIT_STYLES.get(status, "")),
-        )
-    return table
-
-
-def _on(flag: Any) -> str:
-    return "on" if flag else "off"
-
-
-def _grid(rows: list[tuple[str, RenderableType]]) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    for name, value in rows:
-        grid.add_row(name, Text(value) if isinstance(value, str) else value)
-    return grid
-
-
-def _status_grid(s: Reply) -> Table:
-    state, mode = str(s.get("manager_state", "?")), s.get("plan_queue_mode") or {}
-    flags = [f"({f.replace('_', ' ')})" for f in ("queue_stop_pending", "pause_pending") if s.get(f)]
-    locked = [k for k, v in (s.get("lock") or {}).items() if v]
-    queue = f"{s.get('items_in_queue', 0)} items, autostart {_on(s.get('queue_autostart_enabled'))}, "
-    queue += f"loop {_on(mode.get('loop'))}, ignore failures {_on(mode.get('ignore_failures'))}"
-    manager = Text.assemble((state, MANAGER_STYLES.get(state, "yellow")), " ", (" ".join(flags), "yellow"))
-    env = f"open ({s.get('worker_environment_state')})" if s.get("worker_environment_exists") else "closed"
-    lock = Text(", ".join(locked), "yellow") if locked else "none"
-    rows = [("manager", manager), ("environment", env), ("RunEngine", str(s.get("re_state") or "-"))]
-    return _grid([*rows, ("queue", queue), ("lock", lock)])
-
-
-def _lock_grid(info: Reply) -> Table:
-    rows = [
-        (f"{k} locked", Text(_on(info.get(k)), "yellow" if info.get(k) else ""))
-        for k in ("environment", "queue")
-    ]
-    rows += [
-        ("by", f"{info.get('user') or '-'} at {info.get('time_str') or '-'}"),
-        ("note", str(info.get("note") or "-")),
-        ("emergency key", "set" if info.get("emergency_lock_key_is_set") else "not set"),
-    ]
-    return _grid(rows)
-
-
-@dataclass
-class _WatchView:
-    """What `watch` shows; rendered anew at each refresh, so the running item's elapsed time moves."""
-
-    status: Reply = field(default_factory=dict)
-    queue: Reply = field(default_factory=dict)
-    history: Reply = field(default_factory=dict)
-    runs: Reply = field(default_factory=dict)
-
-    def __rich__(self) -> RenderableType:
-        s, queued, done = self.status, self.queue.get("items") or [], self.history.get("items") or []
-        in_queue, in_history = s.get("items_in_queue", 0), s.get("items_in_history", 0)
-        head = Text.assemble(("stationd ", "bold"), f"{s.get('version', '')}  daemon {s.get('daemon_state')}")
-        parts: list[RenderableType] = [head, _status_grid(s)]
-        running = self.queue.get("running_item") or None
-        if running and self.runs.get("run_list"):
-            parts.append(_runs_table(self.runs["run_list"]))
-        parts.append(_items_table(f"queue: next {len(queued)} of {in_queue}", queued, 0, running))
-        first = max(0, in_history - len(done))
-        parts.append(_history_table(f"history: last {len(done)} of {in_history}", done, first))
-        return Group(*parts)
-
-
 # -- commands -----------------------------------------------------------------------------------------------
 class _Printer:
     """Where a command's output goes: the reply as JSON with `--json`, else rich text and tables."""
@@ -404,7 +255,7 @@ def _finished(qc: QueueClient, args: argparse.Namespace, p: _Printer, since: int
     p.show(Text.assemble("manager ", (state, MANAGER_STYLES.get(state, ""))))
     if status.get("items_in_history", 0) > since:
         done = qc.history_get(offset=since)["items"]
-        p.show(_history_table(f"{len(done)} finished", done, since))
+        p.show(history_table(f"{len(done)} finished", done, since))
     return 0
 
 
@@ -416,7 +267,7 @@ def _queue(qc: QueueClient, args: argparse.Namespace, p: _Printer, parser: argpa
             p.reply(reply)
             if not p.as_json:
                 title = f"queue ({qc.status()['items_in_queue']} items)"
-                p.show(_items_table(title, reply["items"], args.offset, reply["running_item"] or None))
+                p.show(items_table(title, reply["items"], args.offset, reply["running_item"] or None))
         case "add" | "execute":
             adding = args.queue_command == "add"
             where, tokens = _placement(args, args.spec) if adding else ({}, args.spec)
@@ -430,9 +281,9 @@ def _queue(qc: QueueClient, args: argparse.Namespace, p: _Printer, parser: argpa
             p.reply(reply)
             added = reply["item"]
             p.show(
-                f"added {_call(added)} as {added['item_uid'][:8]}; {reply['qsize']} queued"
+                f"added {call(added)} as {added['item_uid'][:8]}; {reply['qsize']} queued"
                 if adding
-                else f"executing {_call(added)} as {added['item_uid'][:8]}"
+                else f"executing {call(added)} as {added['item_uid'][:8]}"
             )
             if not adding and args.wait:
                 return _finished(qc, args, p, since, "idle")
@@ -440,7 +291,7 @@ def _queue(qc: QueueClient, args: argparse.Namespace, p: _Printer, parser: argpa
             reply = _item(qc, args, parser, key)
             p.reply(reply)
             p.show(
-                _items_table({"get": "", "remove": "removed"}.get(args.item_action, "moved"), [reply["item"]])
+                items_table({"get": "", "remove": "removed"}.get(args.item_action, "moved"), [reply["item"]])
             )
         case "clear":
             p.reply(qc.queue_clear(lock_key=key))
@@ -464,7 +315,7 @@ def _queue(qc: QueueClient, args: argparse.Namespace, p: _Printer, parser: argpa
             p.reply(qc.queue_mode_set(mode=_mode(args.pairs, parser), lock_key=key))
             if not p.as_json:
                 now = qc.status()["plan_queue_mode"]
-                p.show("queue mode: " + ", ".join(f"{k}={_compact(v)}" for k, v in now.items()))
+                p.show("queue mode: " + ", ".join(f"{k}={compact(v)}" for k, v in now.items()))
         case _:
             raise AssertionError(args.queue_command)
     return 0
@@ -505,7 +356,7 @@ def _history(qc: QueueClient, args: argparse.Namespace, p: _Printer) -> int:
         p.reply(reply)
         if not p.as_json:
             total = qc.status()["items_in_history"]
-            p.show(_history_table(f"history ({total} items)", reply["items"], args.offset))
+            p.show(history_table(f"history ({total} items)", reply["items"], args.offset))
     else:
         p.reply(qc.history_clear(size=args.size, item_uid=args.item_uid, lock_key=args.lock_key))
         p.show("history cleared")
@@ -552,7 +403,7 @@ def _run_engine(
     if action == "runs":
         reply = qc.re_runs(option or "active")
         p.reply(reply)
-        p.show(_runs_table(reply["run_list"]))
+        p.show(runs_table(reply["run_list"]))
         return 0
     since = _since(qc, args)
     if action == "pause":
@@ -577,13 +428,13 @@ def _lock(qc: QueueClient, args: argparse.Namespace, p: _Printer, parser: argpar
         env, queue = args.what in ("environment", "all"), args.what in ("queue", "all")
         reply = qc.lock(args.key, environment=env, queue=queue, note=args.note, user=args.user)
     p.reply(reply)
-    p.show(_lock_grid(reply["lock_info"]))
+    p.show(lock_grid(reply["lock_info"]))
     return 0
 
 
 def _watch(qc: QueueClient, args: argparse.Namespace, out: Console) -> int:
     """`stationctl watch`: redrawn at each status update; lists are fetched again only when they changed."""
-    view = _WatchView()
+    view = WatchView()
     seen: dict[str, Any] = {}
 
     def update(status: Reply) -> Reply:
