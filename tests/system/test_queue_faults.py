@@ -223,3 +223,24 @@ def test_manager_kill_during_a_plan_records_it_and_requeues_it(tmp_path: Path) -
         assert wait_status(d, env_open)["worker_environment_exists"]
     finally:
         d.stop()
+
+
+def test_an_invalid_permissions_file_is_reported_on_each_request_until_fixed(tmp_path: Path) -> None:
+    bad = tmp_path / "permissions.yaml"
+    bad.write_text("user_groups:\n  primary:\n    allowed_plans: [null]\n")  # no `root` group
+    d = start_daemon(tmp_path, config=f'[queue_manager]\nuser_group_permissions = "{bad}"\n')
+    try:
+        with d.client() as client:
+            reply = client.request_raw(
+                "queue_item_add", {"item": long_count(), "user": "u", "user_group": "primary"}
+            )
+            assert reply["success"] is False and "User group permissions are not valid" in reply["msg"]
+            assert client.request("ping")["daemon_state"] == "running"
+        from stationd.actors.queue_manager.permissions import default_permissions_path
+
+        bad.write_text(default_permissions_path().read_text())  # fixed in place, then reloaded
+        rm = api(d)
+        rm.permissions_reload()
+        assert rm.item_add(long_count())["success"]
+    finally:
+        d.stop()
