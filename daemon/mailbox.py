@@ -122,7 +122,7 @@ class Mailbox:
         to = recipient.encode() if isinstance(recipient, str) else recipient
         local = _LOCAL.get(to)
         if local is not None and local._loop is self._loop:
-            self._loop.call_soon(local._incoming, self.name.encode(), env)
+            self._loop.call_soon(local._incoming_local, self.name.encode(), env)
             return
         fut = self._sock.send_multipart([to, encode_envelope(env)])
         if fut.done() and fut.exception() is not None:
@@ -191,6 +191,19 @@ class Mailbox:
         while True:
             reply_to, raw = await recv()
             self._incoming(reply_to, decode_envelope(raw))
+
+    def _incoming_local(self, reply_to: bytes, env: Envelope) -> None:
+        """An envelope from a mailbox of this process: what the bus delivered before it is handled first
+        (e.g. a dead worker's last documents before the queue manager's request to close its runs)."""
+        if not self.closed:
+            sync = zmq.Socket.shadow(self._sock.underlying)
+            while True:
+                try:
+                    earlier_reply_to, raw = sync.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._incoming(earlier_reply_to, decode_envelope(raw))
+        self._incoming(reply_to, env)
 
     def _incoming(self, reply_to: bytes, env: Envelope) -> None:
         """An envelope from the bus or, directly, from another mailbox of this process."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from . import documents as docs
 from . import observations as obs
 from . import queue
 from .system import ConfigGetParams, ConfigGetReply, PingParams, Status, StatusParams
@@ -86,6 +87,8 @@ METHODS: Mapping[str, Method] = method_table(
                 obs.SoftwareVersionSetGetOrCreate,
                 obs.MessagesInsert,
                 obs.MessagesQuery,
+                docs.RunsGet,
+                docs.RunsQuery,
             )
         ],
         *[

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from . import envelope, errors, observations, pubsub, runtime, supervision, system
+from . import documents, envelope, errors, observations, pubsub, runtime, supervision, system
 from .frontdoor import ErrorReply, Request
 from .methods import METHODS
 from .version import PROTOCOL_VERSION
@@ -23,7 +23,7 @@ def all_message_types() -> list[type]:
     types: list[type] = [Request, ErrorReply, envelope.Envelope, errors.ErrorInfo]
     for method in METHODS.values():
         types += [method.params, method.reply]
-    for module in (runtime, supervision, pubsub, system, observations):
+    for module in (runtime, supervision, pubsub, system, observations, documents):
         types += [
             obj
             for name in module.__all__

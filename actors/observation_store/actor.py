@@ -185,10 +185,7 @@ class ObservationStore(Actor):
                 await self.runs.store_documents(documents)
                 return None
             case docs.CloseOpenRuns():
-                closed = await self.runs.close_open_runs(msg)
-                if closed.run_uids:
-                    self.ctx.publish("runs_closed", {"run_uids": closed.run_uids, "reason": msg.reason})
-                return closed
+                return await self.runs.close_open_runs(msg)
             case docs.RunsGet():
                 return await self.runs.get_run(msg)
             case docs.RunsQuery(lookups=lookups):

@@ -149,12 +149,6 @@ def _runs_of(records: list[tuple[Collection, msgspec.Struct]]) -> Iterator[tuple
         i = j
 
 
-def _document(record: Any) -> dict[str, Any]:
-    """A stored record as its bluesky document."""
-    document = getattr(record, "document", None)
-    return document if document is not None else msgspec.structs.asdict(record)
-
-
 class Runs:
     """The bluesky documents of one observation store (its `Store`, which holds the run collections)."""
 
@@ -187,7 +181,7 @@ class Runs:
         for coll, group in _runs_of(records):
             try:
                 await self._insert(coll, group)
-            except StationError as exc:  # the rest would fail too, and must not be written out of order
+            except StationError as exc:  # nothing after it is written either: never out of order
                 self.ctx.log.error(
                     "documents_not_stored",
                     error=exc.msg,
@@ -198,20 +192,38 @@ class Runs:
             written += len(group)
 
     async def _insert(self, coll: Collection, records: list[Any]) -> None:
-        if coll is RUN_STOPS:  # one stop per run (suitcase-mongo's unique index): a late real one is dropped
-            kept: dict[str, RunStopRecord] = {}
-            for stop in records:
-                if stop.run_start in kept or await self._stop_of(stop.run_start) is not None:
-                    self.ctx.log.warning("second_stop_dropped", run_start=stop.run_start, uid=stop.uid)
-                else:
-                    kept[stop.run_start] = stop
-            records = list(kept.values())
-        if not records:
+        if coll is RUN_STOPS:
+            await self._insert_stops(records)
             return
         try:
             await self.store.insert(coll.name, records)
         except Conflict:  # a document stored already (sent again): keep the new ones, as suitcase-mongo does
             await self._insert_new(coll, records)
+
+    async def _insert_stops(self, stops: list[RunStopRecord]) -> None:
+        """One stop per run (suitcase-mongo's unique index): a second one (a real stop after a synthetic
+        one) is dropped. Each stored stop is published as `run_stopped`: the run is complete in the store."""
+        kept: dict[str, RunStopRecord] = {}
+        for stop in stops:
+            existing = kept.get(stop.run_start) or await self._stop_of(stop.run_start)
+            if existing is None:
+                kept[stop.run_start] = stop
+            elif existing.uid != stop.uid:
+                self.ctx.log.warning(
+                    "second_stop_dropped", run_start=stop.run_start, uid=stop.uid, kept=existing.uid
+                )
+        if kept:
+            await self.store.insert(RUN_STOPS.name, list(kept.values()))
+        for stop in kept.values():
+            self.ctx.publish(
+                "run_stopped",
+                {
+                    "run_start": stop.run_start,
+                    "uid": stop.uid,
+                    "exit_status": stop.exit_status,
+                    "reason": stop.document.get("reason", ""),
+                },
+            )
 
     async def _insert_new(self, coll: Collection, records: list[Any]) -> None:
         key = coll.id_field
@@ -227,7 +239,8 @@ class Runs:
             await self.store.insert(coll.name, new)
 
     async def close_open_runs(self, msg: docs.CloseOpenRuns) -> docs.RunsClosed:
-        """Write a stop document for each started run without one; `num_events` from the stored events."""
+        """Write a stop document for each started run without one; `num_events` from the stored events.
+        Raises what the backend raises (it comes in an ask)."""
         closed = []
         for run_uid in dict.fromkeys(msg.run_uids):
             if await self.store.get(RUN_STARTS.name, run_uid) is None:
@@ -253,7 +266,7 @@ class Runs:
                 exit_status=msg.exit_status,
                 document=stop,
             )
-            await self.store.insert(RUN_STOPS.name, [record])
+            await self._insert_stops([record])
             closed.append(run_uid)
         return docs.RunsClosed(run_uids=closed)
 
@@ -327,7 +340,7 @@ class Runs:
                 EVENTS, {"descriptor": d.uid, "order_by": "seq_num", "offset": skip, "limit": wanted or 0}
             )
             found, count = await self.store.query(EVENTS.name, q)
-            page += [_document(e) for e in found]
+            page += [msgspec.structs.asdict(e) for e in found]
             total += count
             skip = max(0, skip - count)
             if wanted is not None:

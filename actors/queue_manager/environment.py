@@ -10,7 +10,9 @@ import msgspec
 from stationd.actors.specs import ActorSpec, Mode, RestartType
 from stationd.protocol import queue as q
 from stationd.protocol import worker as w
+from stationd.protocol.documents import CloseOpenRuns
 from stationd.protocol.errors import InvalidState, StationError
+from stationd.protocol.methods import OBSERVATION_STORE
 from stationd.protocol.supervision import ActorInfo, ActorState, ChildExited
 
 from .core import (
@@ -184,6 +186,9 @@ class EnvironmentHandlers(ManagerCore):
         if self.tasks.fail_running(reason):
             self.status.task_results_uid = new_uid()
         self.foreground_task = None
+        open_runs = [r["uid"] for r in self.run_list if r["is_open"]]
+        if open_runs:  # the RunEngine could not close them: the store records them as failed
+            self._start_job(self._close_runs(open_runs, reason))
         if self.run_list:
             self.run_list = []
             self.status.run_list_uid = new_uid()
@@ -194,6 +199,13 @@ class EnvironmentHandlers(ManagerCore):
         self._set_idle()
         if self.options.spare_worker:
             self._spawn_worker()
+
+    async def _close_runs(self, run_uids: list[str], reason: str) -> None:
+        try:
+            request = CloseOpenRuns(run_uids=run_uids, reason=reason)
+            await self.ctx.ask(OBSERVATION_STORE, request, timeout=10.0)
+        except StationError as exc:
+            self.ctx.log.error("runs_not_closed", run_uids=run_uids, error=exc.msg)
 
     def _spawn_worker(self) -> None:
         """Start a warm spare worker (bluesky and ophyd imported, no environment yet)."""

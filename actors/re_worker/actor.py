@@ -244,7 +244,8 @@ class RunEngineWorker(Actor):
         topic = f"{DOC_PREFIX}{name}"
         try:
             self.ctx.publish_topic(topic, {"name": name, "doc": doc})
-        except TypeError:  # a value the bus codec does not know (user metadata): send a readable form
+        except (TypeError, NotImplementedError):  # a value the bus codec does not know (user metadata):
+            # send a readable form (the codec's enc_hook raises NotImplementedError, which msgspec passes on)
             self.ctx.publish_topic(topic, {"name": name, "doc": wire_safe(doc)})
         self._documents.add(name, doc)  # the observation store keeps them (databroker's layout)
         if name == "start":

@@ -14,6 +14,9 @@ from .values import wire_safe
 
 __all__ = ["DocumentSender"]
 
+_UNENCODABLE = (TypeError, NotImplementedError, OverflowError)
+"""What encoding a message with a value the bus codec cannot carry raises (its enc_hook raises
+NotImplementedError, which msgspec passes on)."""
 _MAX_BATCH = 1000
 """Most documents in one tell (a fast plan's events arrive by the thousand)."""
 
@@ -44,9 +47,9 @@ class DocumentSender:
         try:
             try:
                 self._ctx.tell(OBSERVATION_STORE, StoreDocuments(docs=docs))
-            except (TypeError, OverflowError):  # a value the bus codec does not know (user metadata)
+            except _UNENCODABLE:  # a value the bus codec does not know (user metadata): a readable form
                 self._ctx.tell(OBSERVATION_STORE, StoreDocuments(docs=[(n, wire_safe(d)) for n, d in docs]))
-        except (StationError, TypeError, OverflowError) as exc:  # still not encodable, or the mailbox closed
+        except (StationError, *_UNENCODABLE) as exc:  # still not encodable, or the mailbox is closed
             self._ctx.log.error(
                 "documents_not_sent",
                 error=f"{type(exc).__name__}: {exc}",

@@ -72,6 +72,8 @@ def _value_strategy(tp: Any) -> st.SearchStrategy[Any]:
         meta = next((a for a in args[1:] if isinstance(a, msgspec.Meta)), None)
         if args[0] is str and meta is not None and meta.min_length:
             return st.text(min_size=meta.min_length, max_size=20)
+        if args[0] is int and meta is not None and meta.ge is not None:
+            return st.integers(min_value=meta.ge, max_value=2**53)
         return _value_strategy(args[0])
     if tp is Any:
         return _JSON_VALUES
@@ -85,6 +87,8 @@ def _value_strategy(tp: Any) -> st.SearchStrategy[Any]:
         return st.sampled_from(args)
     if origin is list:
         return st.lists(_value_strategy(args[0]), max_size=3)
+    if origin is tuple and ... not in args:
+        return st.tuples(*[_value_strategy(a) for a in args])
     if origin is dict:
         return st.dictionaries(st.text(max_size=8), _value_strategy(args[1]), max_size=3)
     simple: dict[Any, st.SearchStrategy[Any]] = {

@@ -41,10 +41,19 @@ def test_a_killed_worker_fails_the_plan_requeues_it_and_closes_the_environment(t
     try:
         uids = _open_and_run(d, long_count(), BPlan("count", ["det2"], num=1).to_dict())
         pid = worker_pid(d)
-        killed_at = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
-        status = wait_status(d, lambda s: not s["worker_environment_exists"] and idle(s))
-        noticed = time.monotonic() - killed_at
+        open_runs = lambda: api(d).re_runs(option="open")["run_list"]  # noqa: E731
+        wait_status(d, lambda _: bool(open_runs()))  # re-checked at each status change (runs change it)
+        (run,) = open_runs()
+        with d.subscriber("event.observation_store.run_stopped") as stops:
+            killed_at = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            status = wait_status(d, lambda s: not s["worker_environment_exists"] and idle(s))
+            noticed = time.monotonic() - killed_at
+            stopped = stops.recv(timeout=10).payload["data"]
+        # the open run is closed in the store as failed
+        assert (stopped["run_start"], stopped["exit_status"]) == (run["uid"], "fail")
+        with d.client() as client:
+            assert client.request("runs_get", {"uid": run["uid"]})["stop"]["exit_status"] == "fail"
         assert noticed < 0.5, f"the worker's death was noticed after {noticed:.3f} s"  # the bound
         rm = api(d)
         last = rm.history_get()["items"][-1]
