@@ -107,6 +107,8 @@ class Mailbox:
         self._corr = itertools.count(1)
         self.task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sync: zmq.Socket[Any] | None = None
+        """A blocking view of the socket, to take what is already queued before a local delivery."""
         self.closed = False
 
     def start(self) -> None:
@@ -196,10 +198,11 @@ class Mailbox:
         """An envelope from a mailbox of this process: what the bus delivered before it is handled first
         (e.g. a dead worker's last documents before the queue manager's request to close its runs)."""
         if not self.closed:
-            sync = zmq.Socket.shadow(self._sock.underlying)
+            if self._sync is None:
+                self._sync = zmq.Socket.shadow(self._sock.underlying)
             while True:
                 try:
-                    earlier_reply_to, raw = sync.recv_multipart(zmq.NOBLOCK)
+                    earlier_reply_to, raw = self._sync.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 self._incoming(earlier_reply_to, decode_envelope(raw))
