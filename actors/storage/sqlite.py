@@ -578,11 +578,11 @@ class SQLiteStore:
                 try:
                     results.append((write, write.fn(conn), None))
                     conn.execute("RELEASE w")
-                except (StationError, sqlite3.Error, msgspec.ValidationError) as exc:
+                except Exception as exc:  # this write fails alone (a bad value, a bug): the writer goes on
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
                     self._forget_value_sets()
-                    results.append((write, None, exc))
+                    results.append((write, None, _write_error(exc)))
             conn.execute("COMMIT")
         except (
             sqlite3.Error
@@ -641,6 +641,14 @@ class SQLiteStore:
 
 def _same(value: Any) -> Any:
     return value
+
+
+def _write_error(exc: Exception) -> Exception:
+    """What a failed write raises to its caller: the store's own errors as they are, anything else (a value
+    the encoder does not know, a bug) as a `StorageError` naming it."""
+    if isinstance(exc, (StationError, sqlite3.Error, msgspec.ValidationError)):
+        return exc
+    return StorageError(f"the write failed: {type(exc).__name__}: {exc}")
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

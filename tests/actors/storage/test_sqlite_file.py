@@ -152,3 +152,22 @@ async def test_write_many_is_all_or_nothing_across_collections(tmp_path: Path) -
         assert await s.get("recs", 7) is None
     finally:
         await s.close()
+
+
+class _Unencodable:
+    """A value no encoder knows (a client bug or a plugin's object): the write fails, the writer lives."""
+
+
+async def test_a_write_that_raises_an_unexpected_error_fails_alone_and_later_writes_go_on(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "s.sqlite", [RECS])
+    await store.open()
+    try:
+        with pytest.raises(StorageError, match="_Unencodable"):
+            await store.insert(RECS.name, [rec("bad", payload={"v": _Unencodable()})])
+        (stored,) = await store.insert(RECS.name, [rec("good")])
+        assert (await store.get(RECS.name, stored.rec_id)).name == "good"
+        assert await store.count(RECS.name) == 1  # nothing of the failed write was kept
+    finally:
+        await store.close()
