@@ -14,16 +14,8 @@ from stationd.protocol import worker as w
 from stationd.protocol.errors import InvalidParams, InvalidState, PermissionDenied, StationError
 
 from . import locks
-from .core import (
-    Crash,
-    ManagerCore,
-    default_existing,
-    new_uid,
-)
-from .permissions import (
-    PermissionsError,
-    validate_permissions,
-)
+from .core import Crash, ManagerCore, default_existing, new_uid
+from .permissions import PermissionsError, validate_permissions
 
 __all__ = ["AdminHandlers"]
 

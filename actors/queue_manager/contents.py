@@ -6,14 +6,8 @@ from stationd.protocol import queue as q
 from stationd.protocol import worker as w
 from stationd.protocol.errors import InvalidParams, InvalidState
 
-from .core import (
-    ManagerCore,
-    echo_item,
-    error_text,
-)
-from .permissions import (
-    PermissionsError,
-)
+from .core import ManagerCore, echo_item, error_text
+from .permissions import PermissionsError
 from .plan_queue import QueueError
 
 __all__ = ["ContentsHandlers"]

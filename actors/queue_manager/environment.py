@@ -13,13 +13,10 @@ from stationd.protocol import worker as w
 from stationd.protocol.documents import CloseOpenRuns
 from stationd.protocol.errors import InvalidState, StationError
 from stationd.protocol.methods import OBSERVATION_STORE
+from stationd.protocol.pubsub import CONSOLE
 from stationd.protocol.supervision import ActorInfo, ActorState, ChildExited
 
-from .core import (
-    DESTROYED_MSG,
-    ManagerCore,
-    new_uid,
-)
+from .core import DESTROYED_MSG, ManagerCore, new_uid
 
 __all__ = ["EnvironmentClosed", "EnvironmentHandlers", "EnvironmentOpened", "WorkerStarted"]
 
@@ -119,6 +116,10 @@ class EnvironmentHandlers(ManagerCore):
             return  # destroyed meanwhile
         if msg.info is None:
             self.ctx.log.error("environment_open_failed", error=msg.error)
+            # where qserver users look for it (the incumbent prints the startup code's traceback there)
+            self.ctx.publish_topic(
+                CONSOLE, {"time": time.time(), "msg": f"Failed to open the environment: {msg.error}\n"}
+            )
             self.worker.state = "destroying"
             await self.ctx.stop_child(w.RE_WORKER, 1.0)
             await self._worker_gone(f"Failed to open the environment: {msg.error}")

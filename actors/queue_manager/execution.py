@@ -11,16 +11,8 @@ from stationd.protocol import queue as q
 from stationd.protocol import worker as w
 from stationd.protocol.errors import InvalidParams, InvalidState, StationError
 
-from .core import (
-    ManagerCore,
-    echo_item,
-    error_text,
-    is_immediate,
-    new_uid,
-)
-from .permissions import (
-    PermissionsError,
-)
+from .core import ManagerCore, echo_item, error_text, is_immediate, new_uid
+from .permissions import PermissionsError
 from .plan_queue import Changes, QueueError, StartKind
 
 __all__ = ["ExecutionHandlers"]
@@ -74,22 +66,19 @@ class ExecutionHandlers(ManagerCore):
     async def _run_queue(self, changes: Changes | None = None) -> None:
         """Start the front item unless the queue must stop; persist `changes` (a finished plan) with it."""
         pending = [changes] if changes else []
-        while True:
-            if self.status.queue_stop_pending:
-                await self._queue_stopped(pending)
-                return
-            started = self.pq.start_next()
-            pending.append(started.changes)
-            if started.kind is StartKind.EMPTY:
-                await self._persist(*pending)
-                self._set_idle()
-                return
-            if started.kind is StartKind.QUEUE_STOP:
-                await self._queue_stopped(pending)
-                return
+        if self.status.queue_stop_pending:
+            await self._queue_stopped(pending)
+            return
+        started = self.pq.start_next()
+        pending.append(started.changes)
+        if started.kind is StartKind.EMPTY:
+            await self._persist(*pending)
+            self._set_idle()
+        elif started.kind is StartKind.QUEUE_STOP:
+            await self._queue_stopped(pending)
+        else:
             self.status.manager_state = "starting_queue"
             await self._execute(started.item, *pending)
-            return
 
     async def _execute(self, item: dict[str, Any], *changes: Changes) -> None:
         """Persist the item's move to the running slot (with `changes`), then hand it to the worker."""

@@ -253,3 +253,23 @@ def test_an_invalid_permissions_file_is_reported_on_each_request_until_fixed(tmp
         assert rm.item_add(long_count())["success"]
     finally:
         d.stop()
+
+
+def test_a_failing_startup_script_leaves_the_environment_closed_and_says_why(tmp_path: Path) -> None:
+    script = tmp_path / "startup.py"
+    script.write_text("from ophyd.sim import det1\nraise RuntimeError('the cryostat is not answering')\n")
+    d = start_daemon(tmp_path, config=f'[queue_manager]\nstartup_script = "{script}"\n')
+    try:
+        with d.subscriber("QS_Console") as console:
+            api(d).environment_open()
+            text = ""
+            while "Failed to open the environment" not in text:
+                text += console.recv(timeout=10).payload["msg"]
+        status = wait_status(d, idle)
+        assert not status["worker_environment_exists"] and status["worker_environment_state"] == "closed"
+        assert "the cryostat is not answering" in text
+        script.write_text("from ophyd.sim import det1\nfrom bluesky.plans import count\n")
+        api(d).environment_open()  # fixed: it opens (a fresh spare worker is ready)
+        assert wait_status(d, env_open)["worker_environment_exists"]
+    finally:
+        d.stop()
