@@ -18,7 +18,26 @@ from stationd.protocol.supervision import ActorInfo, ActorState, ChildExited
 
 from .core import DESTROYED_MSG, ManagerCore, new_uid
 
-__all__ = ["EnvironmentClosed", "EnvironmentHandlers", "EnvironmentOpened", "WorkerStarted"]
+__all__ = ["EnvironmentClosed", "EnvironmentHandlers", "EnvironmentOpened", "WorkerStarted", "worker_spec"]
+
+WORKER_HEARTBEAT_TIMEOUT = 10.0
+"""User code may hold the GIL in a long C call (a big numpy operation); a hung plan is what
+`environment_destroy` is for, so the worker is not killed for a silence of half a second."""
+
+
+def worker_spec(
+    log_level: str | None = None, heartbeat_timeout: float | None = WORKER_HEARTBEAT_TIMEOUT
+) -> ActorSpec:
+    """The RunEngine worker child: its own process, never restarted by the runtime (the queue manager
+    decides); `heartbeat_timeout` None: the runtime's default."""
+    return ActorSpec(
+        name=w.RE_WORKER,
+        actor="stationd.actors.re_worker:RunEngineWorker",
+        mode=Mode.PROCESS,
+        restart=RestartType.TEMPORARY,
+        log_level=log_level,
+        heartbeat_timeout=heartbeat_timeout,
+    )
 
 
 class WorkerStarted(msgspec.Struct, frozen=True, tag="_qm_worker_started"):
@@ -215,18 +234,8 @@ class EnvironmentHandlers(ManagerCore):
         self._start_job(self._start_worker(self.worker.incarnation))
 
     async def _start_worker(self, incarnation: int) -> None:
-        spec = ActorSpec(
-            name=w.RE_WORKER,
-            actor="stationd.actors.re_worker:RunEngineWorker",
-            mode=Mode.PROCESS,
-            restart=RestartType.TEMPORARY,
-            log_level=self.options.worker_log_level,
-            # User code may hold the GIL in a long C call (a big numpy operation); a hung plan is what
-            # environment_destroy is for, so the worker is not killed for a silence of half a second.
-            heartbeat_timeout=10.0,
-        )
         try:
-            pid = await self.ctx.start_child(spec, incarnation)
+            pid = await self.ctx.start_child(worker_spec(self.options.worker_log_level), incarnation)
         except Exception as exc:  # any failure to start is reported, never raised into the loop
             self._tell_self(WorkerStarted(incarnation, error=f"{type(exc).__name__}: {exc}"))
         else:

@@ -4,13 +4,15 @@ drives it: asks answered at once, outcomes told to a stand-in queue manager (who
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 
-from stationd.actors.specs import ActorSpec, Mode, RestartType
+from stationd.actors.queue_manager.environment import worker_spec
+from stationd.actors.specs import ActorSpec
 from stationd.protocol.errors import InvalidParams, InvalidState
 from stationd.protocol.pubsub import CONSOLE
 from stationd.protocol.supervision import ActorState
@@ -44,17 +46,27 @@ PLAN_TIMEOUT = 10.0
 
 @pytest.fixture
 async def harness(harness: Harness) -> Harness:
-    """The worker process and, in-process, a stand-in queue manager that receives its tells."""
+    """The worker process (spawned as the queue manager spawns it) and, in-process, a stand-in queue
+    manager that receives its tells."""
     await harness.start_tree(
         ActorSpec(name=QUEUE_MANAGER, actor="tests.support.re_worker:QueueManagerStandIn"),
-        ActorSpec(
-            name=RE_WORKER,
-            actor="stationd.actors.re_worker:RunEngineWorker",
-            mode=Mode.PROCESS,
-            restart=RestartType.TEMPORARY,
-        ),
+        worker_spec(),
     )
     return harness
+
+
+@pytest.fixture
+async def strict_harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    """As `harness`, with the runtime's default heartbeat timeout (0.45 s) instead of the worker's own."""
+    h = Harness(tmp_path)
+    try:
+        await h.start_tree(
+            ActorSpec(name=QUEUE_MANAGER, actor="tests.support.re_worker:QueueManagerStandIn"),
+            worker_spec(heartbeat_timeout=None),
+        )
+        yield h
+    finally:
+        await h.close()
 
 
 async def told(h: Harness, kind: type[T], *, since: int, timeout: float = PLAN_TIMEOUT, **fields: Any) -> T:
@@ -270,7 +282,8 @@ async def test_a_function_task_fails_when_it_raises_or_its_result_is_not_json(ha
     assert "Task result can not be serialized as JSON" in result["msg"]
 
 
-async def test_busy_user_code_in_a_task_does_not_starve_the_heartbeats(harness: Harness) -> None:
+async def test_busy_user_code_in_a_task_does_not_starve_the_heartbeats(strict_harness: Harness) -> None:
+    harness = strict_harness
     await open_env(harness)
     spin = (
         "import time\n"

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from stationd.actors.specs import ActorSpec, Mode, RestartType
+from stationd.actors.queue_manager.environment import worker_spec
+from stationd.actors.specs import ActorSpec
 from stationd.protocol import documents as docs
 from stationd.protocol.methods import OBSERVATION_STORE
 from stationd.protocol.worker import (
@@ -32,12 +33,7 @@ async def harness(harness: Harness) -> Harness:
     await harness.start_tree(
         ActorSpec(name=OBSERVATION_STORE, actor="stationd.actors.observation_store:ObservationStore"),
         ActorSpec(name=QUEUE_MANAGER, actor="tests.support.re_worker:QueueManagerStandIn"),
-        ActorSpec(
-            name=RE_WORKER,
-            actor="stationd.actors.re_worker:RunEngineWorker",
-            mode=Mode.PROCESS,
-            restart=RestartType.TEMPORARY,
-        ),
+        worker_spec(),
     )
     return harness
 
