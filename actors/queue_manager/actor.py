@@ -11,7 +11,6 @@ RunEngine returns (no polling).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, Union
@@ -30,6 +29,7 @@ from .contents import ContentsHandlers
 from .core import CRASH_MSG, RESTART_MSG, Crash, QueueManagerOptions, default_existing, new_uid
 from .environment import EnvironmentClosed, EnvironmentHandlers, EnvironmentOpened, WorkerStarted
 from .execution import ExecutionHandlers
+from .permissions import warm_up
 
 __all__ = ["QueueManager", "QueueManagerOptions"]
 
@@ -94,7 +94,8 @@ class QueueManager(ContentsHandlers, ExecutionHandlers, EnvironmentHandlers, Adm
 
     async def _load_descriptions(self, settings: dict[str, Any]) -> None:
         """Permissions and plan/device descriptions, loaded in a thread (bluesky-queueserver's tools take
-        ~0.5 s to import and run), so that the daemon answers at once; requests wait for them."""
+        ~0.5 s to import and run, their first validation over a second more), so that the daemon answers at
+        once; requests wait for them."""
 
         def load() -> tuple[dict[str, Any], str, dict[str, Any]]:
             permissions, error = settings.get("permissions") or {}, ""
@@ -104,7 +105,7 @@ class QueueManager(ContentsHandlers, ExecutionHandlers, EnvironmentHandlers, Adm
                 except InvalidParams as exc:
                     error = exc.msg
             existing = settings.get("existing") or default_existing(self.options)
-            importlib.import_module("bluesky_queueserver.manager.profile_ops")  # here, not on the loop
+            warm_up(existing.get("plans", {}), existing.get("devices", {}))  # imports here, not on the loop
             return permissions, error, existing
 
         permissions, error, existing = await asyncio.to_thread(load)

@@ -23,6 +23,7 @@ __all__ = [
     "load_permissions",
     "validate_item",
     "validate_permissions",
+    "warm_up",
 ]
 
 _KIND_FLAGS = {"__READABLE__": "is_readable", "__MOVABLE__": "is_movable", "__FLYABLE__": "is_flyable"}
@@ -72,6 +73,16 @@ def allowed_lists(
         existing_devices=dict(existing_devices),
         user_group_permissions=dict(permissions),
     )
+
+
+def warm_up(existing_plans: Mapping[str, Any], existing_devices: Mapping[str, Any]) -> None:
+    """Validate one plan once, so that what validation imports on first use (pydantic models, bluesky's
+    annotation types: over a second) is imported now, by the caller's thread, not by the first request."""
+    if not existing_plans:
+        return
+    name = "count" if "count" in existing_plans else next(iter(existing_plans))
+    item = {"item_type": "plan", "name": name, "args": [], "kwargs": {}}
+    _profile_ops().validate_plan(item, allowed_plans=existing_plans, allowed_devices=existing_devices)
 
 
 def validate_item(item: Mapping[str, Any], plans: Mapping[str, Any], devices: Mapping[str, Any]) -> None:
