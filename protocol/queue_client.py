@@ -18,7 +18,7 @@ import contextlib
 import datetime
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from .client import AsyncClient, AsyncSubscriber, Client, CurveKeys, InfoEvent, Subscriber
 from .errors import DeadlineExceeded
@@ -101,12 +101,25 @@ def _idle_or_paused(status: Status) -> bool:
 class _QueueApi(Generic[R]):
     """The request methods, shared by both clients: `R` is the reply dict, or an awaitable of it."""
 
-    user: str
-    user_group: str
-    lock_key: str | None
+    def __init__(
+        self,
+        client: Client | AsyncClient,
+        *,
+        owned: bool,
+        info_addr: str | None,
+        user: str,
+        user_group: str,
+        lock_key: str | None,
+        curve: CurveKeys | None,
+    ) -> None:
+        self.client = client
+        self._owned = owned
+        self.info_addr = info_addr
+        self.user, self.user_group, self.lock_key = user, user_group, lock_key
+        self._curve = curve
 
     def _call(self, method: str, params: dict[str, Any] | None = None) -> R:
-        raise NotImplementedError
+        return cast(R, self.client.request(method, params))
 
     def _locked(self, method: str, lock_key: str | None, **params: Any) -> R:
         """A request that needs the lock key while locked: the given key, else the client's, else none."""
@@ -469,14 +482,16 @@ class QueueClient(_QueueApi[dict[str, Any]]):
         curve: CurveKeys | None = None,
         **client_options: Any,
     ) -> None:
-        self._owned = client is None
-        self.client = client or Client(addr, curve=curve, **client_options)
-        self.info_addr = info_addr
-        self.user, self.user_group, self.lock_key = user, user_group, lock_key
-        self._curve = curve
-
-    def _call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.client.request(method, params)
+        super().__init__(
+            client or Client(addr, curve=curve, **client_options),
+            owned=client is None,
+            info_addr=info_addr,
+            user=user,
+            user_group=user_group,
+            lock_key=lock_key,
+            curve=curve,
+        )
+        self.client: Client
 
     def status_updates(self, *, timeout: float | None = None) -> Iterator[Status]:
         """The current status, then every newer one the daemon publishes (`WaitTimeout` after `timeout` s).
@@ -561,14 +576,16 @@ class AsyncQueueClient(_QueueApi[Awaitable[dict[str, Any]]]):
         curve: CurveKeys | None = None,
         **client_options: Any,
     ) -> None:
-        self._owned = client is None
-        self.client = client or AsyncClient(addr, curve=curve, **client_options)
-        self.info_addr = info_addr
-        self.user, self.user_group, self.lock_key = user, user_group, lock_key
-        self._curve = curve
-
-    def _call(self, method: str, params: dict[str, Any] | None = None) -> Awaitable[dict[str, Any]]:
-        return self.client.request(method, params)
+        super().__init__(
+            client or AsyncClient(addr, curve=curve, **client_options),
+            owned=client is None,
+            info_addr=info_addr,
+            user=user,
+            user_group=user_group,
+            lock_key=lock_key,
+            curve=curve,
+        )
+        self.client: AsyncClient
 
     async def status_updates(self, *, timeout: float | None = None) -> AsyncIterator[Status]:
         """As `QueueClient.status_updates`."""

@@ -28,7 +28,6 @@ from .admin import AdminHandlers
 from .contents import ContentsHandlers
 from .core import CRASH_MSG, RESTART_MSG, Crash, QueueManagerOptions, default_existing, new_uid
 from .environment import EnvironmentClosed, EnvironmentHandlers, EnvironmentOpened, WorkerStarted
-from .execution import ExecutionHandlers
 from .permissions import warm_up
 
 __all__ = ["QueueManager", "QueueManagerOptions"]
@@ -63,7 +62,7 @@ _QUEUE_LOCKED = (
 """Methods refused while the queue is locked unless the lock key is given (the incumbent's Q class)."""
 
 
-class QueueManager(ContentsHandlers, ExecutionHandlers, EnvironmentHandlers, AdminHandlers, Actor):
+class QueueManager(ContentsHandlers, EnvironmentHandlers, AdminHandlers, Actor):
     """bluesky-queueserver's RE Manager semantics over the storage layer and a worker process."""
 
     supervises_children = True

@@ -6,14 +6,15 @@ from stationd.protocol import queue as q
 from stationd.protocol import worker as w
 from stationd.protocol.errors import InvalidParams, InvalidState
 
-from .core import ManagerCore, echo_item, error_text
+from .core import echo_item, error_text
+from .execution import ExecutionHandlers
 from .permissions import PermissionsError
 from .plan_queue import QueueError
 
 __all__ = ["ContentsHandlers"]
 
 
-class ContentsHandlers(ManagerCore):
+class ContentsHandlers(ExecutionHandlers):
     """Handlers of the queue's contents, history and descriptions: bluesky-queueserver's editing methods."""
 
     async def _plans_allowed(self, msg: q.PlansAllowed) -> q.PlansAllowedReply:

@@ -73,7 +73,8 @@ class Worker:
 
 class ManagerCore:
     """The state of the queue manager and what every group of handlers uses; the handlers live in
-    `contents.py`, `execution.py`, `environment.py` and `admin.py`."""
+    `contents.py`, `execution.py`, `environment.py` and `admin.py` (the contents and environment handlers
+    build on the execution handlers: adding items and opening the environment may start the queue)."""
 
     ctx: SupervisorContext
 
@@ -238,14 +239,6 @@ class ManagerCore:
         job = asyncio.get_running_loop().create_task(coro)
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
-
-    async def _maybe_autostart(self) -> None:
-        """Start the queue if autostart is on and it can run (implemented in `execution.py`)."""
-        raise NotImplementedError
-
-    def _spawn_worker(self) -> None:
-        """Start a spare worker process (implemented in `environment.py`)."""
-        raise NotImplementedError
 
 
 # -- module helpers ---------------------------------------------------------------------------------------

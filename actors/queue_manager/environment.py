@@ -16,7 +16,8 @@ from stationd.protocol.methods import OBSERVATION_STORE
 from stationd.protocol.pubsub import CONSOLE
 from stationd.protocol.supervision import ActorInfo, ActorState, ChildExited
 
-from .core import DESTROYED_MSG, ManagerCore, new_uid
+from .core import DESTROYED_MSG, new_uid
+from .execution import ExecutionHandlers
 
 __all__ = ["EnvironmentClosed", "EnvironmentHandlers", "EnvironmentOpened", "WorkerStarted", "worker_spec"]
 
@@ -63,7 +64,7 @@ class EnvironmentClosed(msgspec.Struct, frozen=True, tag="_qm_environment_closed
     error: str = ""
 
 
-class EnvironmentHandlers(ManagerCore):
+class EnvironmentHandlers(ExecutionHandlers):
     """Handlers of the environment and the worker process: open (in a warm spare), close, destroy, and what"""
 
     async def _environment_open(self, msg: q.EnvironmentOpen) -> q.Reply:
@@ -236,8 +237,8 @@ class EnvironmentHandlers(ManagerCore):
     async def _start_worker(self, incarnation: int) -> None:
         try:
             pid = await self.ctx.start_child(worker_spec(self.options.worker_log_level), incarnation)
-        except Exception as exc:  # any failure to start is reported, never raised into the loop
-            self._tell_self(WorkerStarted(incarnation, error=f"{type(exc).__name__}: {exc}"))
+        except StationError as exc:  # ActorFailed: the process could not be spawned or did not start
+            self._tell_self(WorkerStarted(incarnation, error=exc.msg))
         else:
             self._tell_self(WorkerStarted(incarnation, pid=pid))
 

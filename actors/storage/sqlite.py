@@ -578,7 +578,7 @@ class SQLiteStore:
                 try:
                     results.append((write, write.fn(conn), None))
                     conn.execute("RELEASE w")
-                except Exception as exc:  # this write fails alone (a bad value, a bug): the writer goes on
+                except _WRITE_ERRORS as exc:  # this write fails alone: the writer thread goes on
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
                     self._forget_value_sets()
@@ -643,9 +643,23 @@ def _same(value: Any) -> Any:
     return value
 
 
+_WRITE_ERRORS = (
+    StationError,
+    sqlite3.Error,
+    msgspec.ValidationError,
+    msgspec.EncodeError,
+    TypeError,
+    ValueError,
+    OverflowError,
+    NotImplementedError,  # the codec's enc_hook for a type it does not know (msgspec passes it on)
+)
+"""What one write may raise without it being the writer's fault: before, an encoding error escaped, ended the
+writer thread and left every later write waiting."""
+
+
 def _write_error(exc: Exception) -> Exception:
-    """What a failed write raises to its caller: the store's own errors as they are, anything else (a value
-    the encoder does not know, a bug) as a `StorageError` naming it."""
+    """What a failed write raises to its caller: the store's own errors as they are, others (a value the
+    encoder does not know) as a `StorageError` naming them."""
     if isinstance(exc, (StationError, sqlite3.Error, msgspec.ValidationError)):
         return exc
     return StorageError(f"the write failed: {type(exc).__name__}: {exc}")
