@@ -8,6 +8,7 @@ thread: the daemon's loop for `inproc` actors, the child process's loop for `pro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -15,11 +16,26 @@ import msgspec
 
 from .specs import ChildSpec
 
-__all__ = ["Actor", "ActorContext", "NoOptions", "SupervisorContext"]
+__all__ = ["Actor", "ActorContext", "Deferred", "NoOptions", "SupervisorContext"]
 
 
 class NoOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Options of an actor that takes none."""
+
+
+class Deferred:
+    """What `handle` returns for an ask whose answer takes time (waiting for a state, for a slow peer).
+
+    The cell goes on with the next message at once and sends the reply when `work` finishes: its result is
+    the reply, a `StationError` it raises is the asker's typed error. Work still running when the actor stops
+    is cancelled before `on_stop` runs and its asker gets `actor_stopped`. The work runs on the actor's loop
+    between messages, so it must not assume that the actor's state stays as it was across an `await`.
+    """
+
+    __slots__ = ("work",)
+
+    def __init__(self, work: Coroutine[Any, Any, Any]) -> None:
+        self.work = work
 
 
 class ActorContext(Protocol):
@@ -90,7 +106,7 @@ class Actor(ABC):
 
     @abstractmethod
     async def handle(self, msg: Any) -> Any:
-        """Handle one message; for an ask, the return value is the reply."""
+        """Handle one message; for an ask, the return value is the reply (or a `Deferred` reply)."""
 
     async def on_stop(self) -> None:
         """Runs once after a requested stop, when no more messages will be handled."""

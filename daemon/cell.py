@@ -8,6 +8,7 @@ stops, every ask it had not handled yet is answered with `actor_stopped`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import time
 from collections import deque
@@ -19,7 +20,7 @@ from typing import Any
 import msgspec
 import zmq.asyncio
 
-from stationd.actors.base import Actor
+from stationd.actors.base import Actor, Deferred
 from stationd.protocol.codec import msgpack_decoder
 from stationd.protocol.envelope import Kind
 from stationd.protocol.errors import ActorFailed, ActorStopped, StationError, UnsupportedMessage
@@ -125,6 +126,7 @@ class ActorCell:
         self._mailbox_error: BaseException | None = None
         self._killed: ExitReason | None = None
         self._task: asyncio.Task[None] | None = None
+        self._deferred: dict[asyncio.Task[Any], Request] = {}
         self.exit: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
 
     @property
@@ -237,13 +239,34 @@ class ActorCell:
             return
         try:
             result = await self._actor.handle(msg)
-        except StationError as exc:
-            self.mailbox.reply_error(req, exc)
-        except Exception as exc:  # the actor boundary: a bug in a handler goes back to the asker, typed
-            self.log.error("ask_failed", message=type(msg).__name__, exc_info=exc)
-            self.mailbox.reply_error(req, ActorFailed(f"{self.name}: {type(exc).__name__}: {exc}"))
+        except Exception as exc:
+            self._reply_failure(req, type(msg).__name__, exc)
+            return
+        if isinstance(result, Deferred):
+            task = asyncio.get_running_loop().create_task(result.work, name=f"deferred:{self.name}")
+            self._deferred[task] = req
+            task.add_done_callback(functools.partial(self._deferred_done, what=type(msg).__name__))
         else:
             self.mailbox.reply(req, result)
+
+    def _reply_failure(self, req: Request, what: str, exc: Exception) -> None:
+        if isinstance(exc, StationError):
+            self.mailbox.reply_error(req, exc)
+        else:  # the actor boundary: a bug in a handler goes back to the asker, typed
+            self.log.error("ask_failed", message=what, exc_info=exc)
+            self.mailbox.reply_error(req, ActorFailed(f"{self.name}: {type(exc).__name__}: {exc}"))
+
+    def _deferred_done(self, task: asyncio.Task[Any], what: str) -> None:
+        req = self._deferred.pop(task, None)
+        if req is None or task.cancelled():
+            return  # cancelled by _finish, which answered the asker
+        exc = task.exception()
+        if exc is None:
+            self.mailbox.reply(req, task.result())
+        elif isinstance(exc, Exception):
+            self._reply_failure(req, what, exc)
+        else:
+            raise exc
 
     async def _finish(self, outcome: ExitReason, error: BaseException | None) -> None:
         """Run the stop hook, answer what is left with actor_stopped, close the mailbox, report the exit.
@@ -251,7 +274,12 @@ class ActorCell:
         Always completes: a hook that fails or is cancelled (killed after the shutdown timeout) is logged and
         the rest still happens, so the exit is always reported.
         """
+        deferred = list(self._deferred.items())
+        self._deferred.clear()
+        for task, _ in deferred:
+            task.cancel()
         try:
+            await asyncio.gather(*(task for task, _ in deferred), return_exceptions=True)
             if self._killed is None and self._actor is not None:
                 await (self._actor.on_stop() if error is None else self._actor.on_failure(error))
         except asyncio.CancelledError:
@@ -260,7 +288,7 @@ class ActorCell:
             self.log.error("stop_hook_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         try:
             stopped = ActorStopped(f"{self.name} stopped before handling the message ({outcome.reason})")
-            pending = [*self._queue, *self.mailbox.drain()]
+            pending = [*(req for _, req in deferred), *self._queue, *self.mailbox.drain()]
             self._queue.clear()
             for req in pending:
                 if req.envelope.kind == Kind.ASK:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from stationd.actors.daq_coordinator.core import DaqCoordinatorOptions
 from stationd.actors.observation_store.actor import ObservationStoreOptions
 from stationd.actors.queue_manager.actor import QueueManagerOptions
 from stationd.actors.specs import ActorSpec, Strategy, SupervisorSpec
@@ -178,6 +179,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         QueueManagerOptions,
         _doc("The queue manager (bluesky-queueserver's RE Manager): profile, permissions, lock key."),
     ] = msgspec.field(default_factory=QueueManagerOptions)
+    daq_coordinator: Annotated[
+        DaqCoordinatorOptions,
+        _doc("The DAQ coordinator (ESO OCM's data acquisitions): source timeout, data directory, file ids."),
+    ] = msgspec.field(default_factory=DaqCoordinatorOptions)
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
@@ -259,7 +264,7 @@ def load_config(
 def _check_tree(config: Config) -> None:
     from stationd.actors.specs import walk
 
-    seen: set[str] = {"supervisor", "observation_store", "queue_manager", "re_worker"}
+    seen: set[str] = {"supervisor", "observation_store", "queue_manager", "re_worker", "daq_coordinator"}
     for child in config.supervisor.children:
         for spec in walk(child):
             if spec.name in seen:

@@ -15,7 +15,7 @@ import zmq
 import zmq.asyncio
 
 from stationd.protocol.errors import InternalError, StationError
-from stationd.protocol.frontdoor import ErrorReply
+from stationd.protocol.frontdoor import ErrorReply, error_reply
 from stationd.protocol.methods import FRONT_DOOR, Method
 from stationd.protocol.system import ConfigGetParams, ConfigGetReply, PingParams, StatusParams
 
@@ -93,7 +93,7 @@ class FrontDoor:
         try:
             method, params = self._decoder.decode(codec, payload)
         except StationError as err:
-            self._send(prefix, codec, ErrorReply(msg=err.msg, error_code=err.code))
+            self._send(prefix, codec, error_reply(err))
             return
         except Exception as exc:  # the client boundary: a decoding bug is logged loudly, never fatal
             self._log.error("request_decoding_bug", payload=payload[:200], exc_info=exc)
@@ -124,13 +124,13 @@ class FrontDoor:
             reply = await self._mailbox.ask(
                 method.owner,
                 params,
-                timeout=self._timeout,
+                timeout=self._timeout + (getattr(params, method.wait_param) if method.wait_param else 0.0),
                 reply_type=method.reply,
                 user=identity.user if identity else "",
                 user_group=identity.user_group if identity else "",
             )
         except StationError as err:
-            reply = ErrorReply(msg=err.msg, error_code=err.code)
+            reply = error_reply(err)
         self._send(prefix, codec, reply)
 
     def _send(self, prefix: list[bytes], codec: Codec, reply: Any) -> None:

@@ -233,7 +233,7 @@ class Mailbox:
         try:
             if env.kind == Kind.ERROR:
                 info = _ERROR_DECODER.decode(env.body)
-                pending.future.set_exception(error_from_code(info.code, info.msg))
+                pending.future.set_exception(error_from_code(info.code, info.msg, info.id))
             else:
                 pending.future.set_result(_reply_decoder(pending.reply_type).decode(env.body))
         except msgspec.DecodeError as exc:

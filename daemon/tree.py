@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from stationd.actors.specs import ActorSpec, ChildSpec, SupervisorSpec
-from stationd.protocol.methods import OBSERVATION_STORE, QUEUE_MANAGER
+from stationd.protocol.methods import DAQ_COORDINATOR, OBSERVATION_STORE, QUEUE_MANAGER
 
 from .config import Config
 
@@ -28,6 +28,11 @@ def build_tree(config: Config) -> SupervisorSpec:
             actor="stationd.actors.queue_manager:QueueManager",
             options=msgspec.to_builtins(config.queue_manager),
             shutdown_timeout=20.0,  # time to stop a running plan and close the environment in order
+        ),
+        ActorSpec(
+            name=DAQ_COORDINATOR,
+            actor="stationd.actors.daq_coordinator:DaqCoordinator",
+            options=msgspec.to_builtins(config.daq_coordinator),
         ),
     ]
     return SupervisorSpec(

@@ -69,7 +69,7 @@ class CurveKeys:
 def _check_reply(method: str, reply: dict[str, Any]) -> dict[str, Any]:
     if reply.get("success", True) is False:
         code = reply.get("error_code", "request_failed")
-        raise error_from_code(code, reply.get("msg", f"{method} failed"))
+        raise error_from_code(code, reply.get("msg", f"{method} failed"), reply.get("id") or "")
     return reply
 
 

@@ -11,6 +11,7 @@ __all__ = [
     "ActorStopped",
     "ConfigError",
     "Conflict",
+    "DaqFailed",
     "DeadlineExceeded",
     "ErrorInfo",
     "InternalError",
@@ -36,6 +37,8 @@ class ErrorInfo(msgspec.Struct, frozen=True, tag="error_info"):
 
     code: str
     msg: str
+    id: str = ""
+    """The id of the object the failure concerns, when there is one (OCM's `DaqException.id`)."""
 
 
 _BY_CODE: dict[str, type[StationError]] = {}
@@ -51,12 +54,14 @@ class StationError(Exception):
         if "code" in cls.__dict__:
             _BY_CODE.setdefault(cls.code, cls)
 
-    def __init__(self, msg: str) -> None:
+    def __init__(self, msg: str, *, id: str = "") -> None:
         super().__init__(msg)
         self.msg = msg
+        self.id = id
+        """The id of the object the failure concerns ("" when none), e.g. the DAQ of a failed command."""
 
     def to_info(self) -> ErrorInfo:
-        return ErrorInfo(code=self.code, msg=self.msg)
+        return ErrorInfo(code=self.code, msg=self.msg, id=self.id)
 
 
 class InternalError(StationError):
@@ -164,17 +169,24 @@ class StorageError(StationError):
     code = "storage_error"
 
 
+class DaqFailed(StationError):
+    """A DAQ command failed (OCM's `DaqException`): a source failed to start, every source failed to stop,
+    an abort failed. The reply names the DAQ in `id`."""
+
+    code = "daq_failed"
+
+
 class ConfigError(StationError):
     """The configuration is invalid."""
 
     code = "config_error"
 
 
-def error_from_code(code: str, msg: str) -> StationError:
+def error_from_code(code: str, msg: str, id: str = "") -> StationError:
     """Rebuild the typed error for a code received from a peer (unknown codes keep their code)."""
     cls = _BY_CODE.get(code)
     if cls is not None:
-        return cls(msg)
-    err = StationError(msg)
+        return cls(msg, id=id)
+    err = StationError(msg, id=id)
     err.code = code  # type: ignore[misc]  # an error from a newer peer: keep its code verbatim
     return err

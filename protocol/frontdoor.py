@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["ALLOWED_REQUEST_KEYS", "ErrorReply", "Request"]
+from .errors import StationError
+
+__all__ = ["ALLOWED_REQUEST_KEYS", "ErrorReply", "ErrorReplyWithId", "Request", "error_reply"]
 
 ALLOWED_REQUEST_KEYS = ("method", "params")
 
@@ -22,3 +24,16 @@ class ErrorReply(msgspec.Struct, kw_only=True):
     success: bool = False
     msg: str
     error_code: str
+
+
+class ErrorReplyWithId(ErrorReply, kw_only=True):
+    """A failure that concerns one object (a DAQ) also names it, as OCM's `DaqException` does."""
+
+    id: str
+
+
+def error_reply(err: StationError) -> ErrorReply:
+    """The reply for a failed request."""
+    if err.id:
+        return ErrorReplyWithId(msg=err.msg, error_code=err.code, id=err.id)
+    return ErrorReply(msg=err.msg, error_code=err.code)

@@ -7,13 +7,22 @@ from dataclasses import dataclass
 
 import msgspec
 
+from . import daq, queue
 from . import documents as docs
 from . import observations as obs
-from . import queue
+from .daq import DAQ_COORDINATOR
 from .system import ConfigGetParams, ConfigGetReply, PingParams, Status, StatusParams
 from .worker import QUEUE_MANAGER
 
-__all__ = ["FRONT_DOOR", "METHODS", "OBSERVATION_STORE", "QUEUE_MANAGER", "Method", "method_table"]
+__all__ = [
+    "DAQ_COORDINATOR",
+    "FRONT_DOOR",
+    "METHODS",
+    "OBSERVATION_STORE",
+    "QUEUE_MANAGER",
+    "Method",
+    "method_table",
+]
 
 FRONT_DOOR = "front_door"
 """Owner of the methods the front door answers itself (from its status snapshot or the daemon config)."""
@@ -31,6 +40,8 @@ class Method:
     doc: str
     lookups: bool = False
     """The params object is a set of query lookups, passed to the actor as `params.lookups`."""
+    wait_param: str | None = None
+    """A params field (seconds) by which the reply may take longer than the request timeout (an await)."""
 
 
 def method_table(methods: Iterable[Method]) -> Mapping[str, Method]:
@@ -94,6 +105,17 @@ METHODS: Mapping[str, Method] = method_table(
         *[
             Method(p.__struct_config__.tag, p, QUEUE_MANAGER, p.reply_type, (p.__doc__ or "").split("\n")[0])
             for p in queue.QUEUE_METHODS
+        ],
+        *[
+            Method(
+                p.__struct_config__.tag,
+                p,
+                DAQ_COORDINATOR,
+                p.reply_type,
+                (p.__doc__ or "").split("\n")[0],
+                wait_param=getattr(p, "wait_param", None),
+            )
+            for p in daq.DAQ_METHODS
         ],
     ]
 )

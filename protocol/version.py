@@ -3,5 +3,5 @@
 VERSION = "0.1.0"
 """Release of the stationd package (daemon, actors, protocol, clients)."""
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """Version of the message schema; bump it whenever protocol/schema.json changes."""

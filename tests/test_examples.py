@@ -32,5 +32,6 @@ def test_watch_info_example_follows_the_status_stream(daemon: DaemonProcess) -> 
 
 
 def test_every_example_script_has_a_test() -> None:
-    tested = {"status.py", "watch_info.py"}
+    # daq_source.py is run by tests/actors/test_daq_sources.py
+    tested = {"status.py", "watch_info.py", "daq_source.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested

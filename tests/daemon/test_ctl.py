@@ -127,12 +127,13 @@ def test_status_draws_children_under_their_parents(
     # the queue manager's worker process (re_worker) comes and goes with the environment: not drawn here
     tree = [line for line in lines[start + 1 :] if "re_worker" not in line]
     nodes = [re.match(r"([^a-z]*)([a-z_]+)", line) for line in tree]  # tree guides, then the actor name
-    names = ["supervisor", "observation_store", "queue_manager", "lab", "probe_a", "probe_b"]
+    builtin = ["observation_store", "queue_manager", "daq_coordinator"]
+    names = ["supervisor", *builtin, "lab", "probe_a", "probe_b"]
     assert [m[2] for m in nodes if m] == names
     depth = [len(m[1]) for m in nodes if m]
-    assert depth[0] < depth[1] == depth[2] == depth[3] < depth[4]  # supervisor > (…, lab) > probe_a
-    assert depth[5] == depth[3]  # probe_b is lab's sibling
-    assert re.search(r"probe_b\s+actor process\s+\w+\s+restarts 0\s+pid \d+", tree[5])
+    assert depth[0] < depth[1] == depth[2] == depth[3] == depth[4] < depth[5]  # supervisor > (…, lab) > …
+    assert depth[6] == depth[4]  # probe_b is lab's sibling
+    assert re.search(r"probe_b\s+actor process\s+\w+\s+restarts 0\s+pid \d+", tree[6])
 
 
 def test_status_json_parses_with_the_actor_list(
@@ -145,6 +146,7 @@ def test_status_json_parses_with_the_actor_list(
         ("supervisor", None, "running"),
         ("observation_store", "supervisor", "running"),
         ("queue_manager", "supervisor", "running"),
+        ("daq_coordinator", "supervisor", "running"),
     ]
 
 

@@ -16,7 +16,7 @@ from stationd.protocol.errors import (
     UnknownActor,
 )
 from stationd.protocol.supervision import GetTree
-from tests.support.actors import Announce, Block, Crash, Echo, Echoed, Fail, Refuse
+from tests.support.actors import Announce, Block, Crash, Echo, Echoed, Fail, Later, Refuse, Release
 from tests.support.harness import Harness
 
 PROBE = "tests.support.actors:Probe"
@@ -96,6 +96,27 @@ async def test_queued_asks_get_actor_stopped_when_the_actor_stops(harness: Harne
     for fut in waiting:
         with pytest.raises(ActorStopped):
             await fut
+
+
+async def test_a_deferred_reply_does_not_hold_up_the_messages_after_it(harness: Harness) -> None:
+    await harness.start_tree(probe())
+    later = asyncio.ensure_future(harness.ask("probe", Later("later")))
+    refused = asyncio.ensure_future(harness.ask("probe", Later("refused", refuse=True)))
+    assert (await harness.ask("probe", Echo("now"))).text == "now"
+    assert not later.done() and not refused.done()
+    harness.tell("probe", Release())
+    assert (await later).text == "later"
+    with pytest.raises(PermissionDenied, match="refused: not for you"):
+        await refused
+
+
+async def test_deferred_replies_still_waiting_get_actor_stopped_when_it_stops(harness: Harness) -> None:
+    await harness.start_tree(probe())
+    later = asyncio.ensure_future(harness.ask("probe", Later("never")))
+    await harness.ask("probe", Echo("the deferred ask was handled before this one"))
+    await harness.runtime.stop_child("probe", 0.5)
+    with pytest.raises(ActorStopped):
+        await later
 
 
 async def test_an_ask_in_flight_to_an_actor_that_crashes_fails_with_actor_stopped(harness: Harness) -> None:

@@ -70,8 +70,19 @@ def _value_strategy(tp: Any) -> st.SearchStrategy[Any]:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Annotated:
         meta = next((a for a in args[1:] if isinstance(a, msgspec.Meta)), None)
-        if args[0] is str and meta is not None and meta.min_length:
-            return st.text(min_size=meta.min_length, max_size=20)
+        if args[0] is str and meta is not None and meta.pattern:
+            return st.from_regex(meta.pattern, fullmatch=True)
+        if args[0] is str and meta is not None and (meta.min_length or meta.max_length):
+            return st.text(min_size=meta.min_length or 0, max_size=min(meta.max_length or 20, 20))
+        if args[0] is float and meta is not None:
+            low = meta.ge if meta.ge is not None else meta.gt
+            return st.floats(
+                min_value=low,
+                max_value=meta.le,
+                exclude_min=meta.gt is not None,
+                allow_nan=False,
+                allow_infinity=False,
+            )
         if args[0] is int and meta is not None and meta.ge is not None:
             return st.integers(min_value=meta.ge, max_value=2**53)
         return _value_strategy(args[0])

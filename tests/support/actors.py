@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from stationd.actors.base import Actor
+from stationd.actors.base import Actor, Deferred
 from stationd.protocol.errors import PermissionDenied
 
 
@@ -63,13 +63,29 @@ class Announce(msgspec.Struct, frozen=True, tag="probe_announce"):
     text: str
 
 
+class Later(msgspec.Struct, frozen=True, tag="probe_later"):
+    """Ask: a deferred reply, sent when a `Release` tell comes (an error reply when `refuse`)."""
+
+    text: str
+    refuse: bool = False
+    reply_type: ClassVar[type] = Echoed
+
+
+class Release(msgspec.Struct, frozen=True, tag="probe_release"):
+    """Tell: let every waiting `Later` ask answer."""
+
+
 class ProbeOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fail_start: bool = False
 
 
 class Probe(Actor):
-    inbox = Echo | Crash | Fail | Refuse | Block | Finish | Exit | Announce
+    inbox = Echo | Crash | Fail | Refuse | Block | Finish | Exit | Announce | Later | Release
     Options = ProbeOptions
+
+    def __init__(self, ctx: Any, options: ProbeOptions) -> None:
+        super().__init__(ctx, options)
+        self._released = asyncio.Event()
 
     async def on_start(self) -> None:
         if self.options.fail_start:
@@ -95,9 +111,19 @@ class Probe(Actor):
                 self.ctx.stop()
             case Exit(code=code):
                 os._exit(code)
+            case Later():
+                return Deferred(self._later(msg))
+            case Release():
+                self._released.set()
             case Announce(text=text):
                 self.ctx.publish("announced", {"text": text})
                 self.ctx.log.info("announcing", text=text)
             case _:
                 raise AssertionError(msg)
         return None
+
+    async def _later(self, msg: Later) -> Echoed:
+        await self._released.wait()
+        if msg.refuse:
+            raise PermissionDenied(f"{msg.text}: not for you")
+        return Echoed(msg.text, os.getpid(), self.ctx.name)

@@ -25,6 +25,11 @@ mode = "process"
 """
 
 
+def actor_process(daemon_pid: int, name: str) -> psutil.Process:
+    """The child process that runs the actor `name` (the daemon has others: the RE worker, ...)."""
+    return next(p for p in psutil.Process(daemon_pid).children() if p.cmdline()[-1:] == [name])
+
+
 def test_ping_and_status_show_the_version_and_the_actor_tree(daemon: DaemonProcess) -> None:
     with daemon.client() as client:
         status = client.ping()
@@ -34,6 +39,7 @@ def test_ping_and_status_show_the_version_and_the_actor_tree(daemon: DaemonProce
             ("supervisor", "running"),
             ("observation_store", "running"),
             ("queue_manager", "running"),
+            ("daq_coordinator", "running"),
         ]
         assert client.status().uptime >= status.uptime
 
@@ -146,7 +152,7 @@ def test_the_info_stream_carries_status_and_logs_with_sequence_numbers(daemon: D
 
 def test_sigterm_stops_the_tree_and_exits_zero(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, config=PROCESS_PROBE)
-    child = psutil.Process(d.proc.pid).children()[0]
+    child = actor_process(d.proc.pid, "worker")
     d.signal(signal.SIGTERM)
     assert d.proc.wait(10) == 0
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
@@ -177,7 +183,7 @@ def test_no_child_process_outlives_a_kill_9_of_the_daemon(tmp_path: Path) -> Non
 def test_the_tree_giving_up_makes_the_daemon_exit_non_zero(tmp_path: Path) -> None:
     config = PROCESS_PROBE + "\n[supervisor]\nintensity = 0\n"
     d = start_daemon(tmp_path, config=config)
-    worker = psutil.Process(d.proc.pid).children()[0]
+    worker = actor_process(d.proc.pid, "worker")
     worker.kill()
     assert d.proc.wait(10) == 2
     assert '"event":"tree_failed"' in d.log()
@@ -204,7 +210,7 @@ def test_bad_input_does_not_leak_memory(daemon: DaemonProcess) -> None:
 def test_a_second_sigterm_cuts_a_slow_stop_short_and_kills_the_children(tmp_path: Path) -> None:
     config = PROCESS_PROBE.replace('mode = "process"', 'mode = "process"\nshutdown_timeout = 60.0')
     d = start_daemon(tmp_path, config=config)
-    worker = psutil.Process(d.proc.pid).children()[0]
+    worker = actor_process(d.proc.pid, "worker")
     worker.suspend()  # SIGSTOP: it cannot answer the graceful stop, which would then take 60 s
     d.signal(signal.SIGTERM)
     d.notify.wait_for("STOPPING=1")
