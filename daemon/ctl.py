@@ -32,6 +32,7 @@ from stationd.protocol.supervision import ActorInfo
 from stationd.protocol.system import Status
 from stationd.protocol.version import VERSION
 
+from .ctl_daq import add_daq_parser, run_daq
 from .ctl_obs import add_obs_parser, run_obs
 from .ctl_queue import QUEUE_COMMANDS, add_queue_parsers, run_queue
 
@@ -88,7 +89,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The command line: global options, then `ping`, `status`, `monitor`, `obs …` or a queue command."""
+    """The command line: global options, then `ping`, `status`, `monitor`, `obs`, `daq` or a queue command."""
     parser = argparse.ArgumentParser(prog="stationctl", description="Talk to a running stationd daemon.")
     parser.add_argument("--version", action="version", version=f"stationctl {VERSION}")
     _add_global_options(parser, suppress=False)
@@ -101,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     for command in commands.values():
         _add_global_options(command, suppress=True)
     add_obs_parser(sub, lambda p: _add_global_options(p, suppress=True))
+    add_daq_parser(sub, lambda p: _add_global_options(p, suppress=True))
     add_queue_parsers(sub, lambda p: _add_global_options(p, suppress=True))
     monitor = commands["monitor"]
     topic_help = "topic prefix (repeatable; default: all)"
@@ -294,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "obs":
             code = run_obs(args, curve, out, parser)
+        elif args.command == "daq":
+            code = run_daq(args, curve, out)
         elif args.command in QUEUE_COMMANDS:
             code = run_queue(args, curve, out, parser)
         else:

@@ -127,6 +127,7 @@ class DaqCoordinator(AcquisitionHandlers, Actor):
             if daq.phase[0] == d.DaqState.MERGING or daq.phase == states.STOPPED:
                 daq.results = {}
                 self.schedule_merge(daq)
+                self.ctx.log.info("daq_merge_resumed", daq=daq.id, substate=daq.phase[1].value)
                 continue
             daq.status.error = True
             daq.status.message = RESTARTED_MSG.format(substate=daq.phase[1].value)
