@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-queue schema system-deps clean
+.PHONY: serve test lint bench bench-queue bench-daq schema system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 # and redis-server (apt) on first use.
 bench-queue: $(STAMP)
 	$(BIN)/python bench/queue_manager.py $(ARGS)
+
+# DAQ coordinator: start/stop latencies with 10 simulated sources, await wake-up, 100 concurrent DAQs, FITS MB/s.
+bench-daq: $(STAMP)
+	$(BIN)/python bench/daq.py $(ARGS)
 
 # Regenerate protocol/schema.json (refuses when the schema changed without a PROTOCOL_VERSION bump).
 schema: $(STAMP)

@@ -101,6 +101,16 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     start_timeout: Annotated[
         float, Meta(gt=0, description="Seconds a process actor may take to start before it is killed.")
     ] = 30.0
+    gil_switch_interval: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=0.1,
+            description="Seconds a worker thread (SQLite writer, FITS merge) may run Python code before the "
+            "event loop gets the interpreter back (sys.setswitchinterval; Python's default 0.005 delays "
+            "replies by up to 5 ms while a thread works).",
+        ),
+    ] = 0.0005
 
 
 class SupervisorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

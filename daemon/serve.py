@@ -256,4 +256,5 @@ class _Daemon:
 
 async def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT (exit 0) or until the tree gives up (non-zero)."""
+    sys.setswitchinterval(config.runtime.gil_switch_interval)
     return await _Daemon(config, reload).run()
