@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 import msgspec
 
 from stationd.actors.base import Actor, Deferred
-from stationd.protocol.errors import PermissionDenied
+from stationd.protocol import daq
+from stationd.protocol.errors import InvalidState, PermissionDenied
 
 
 class Echoed(msgspec.Struct, frozen=True):
@@ -127,3 +128,34 @@ class Probe(Actor):
         if msg.refuse:
             raise PermissionDenied(f"{msg.text}: not for you")
         return Echoed(msg.text, os.getpid(), self.ctx.name)
+
+
+class InstrumentSource(Actor):
+    """An in-daemon metadata source, as a device poller will be: answers the DAQ source protocol with the
+    readings it holds (here a fixed temperature) as keywords."""
+
+    inbox = daq.SourceStart | daq.SourceStop | daq.SourceAbort | daq.SourceWait
+
+    def __init__(self, ctx: Any, options: Any) -> None:
+        super().__init__(ctx, options)
+        self._recording: set[str] = set()
+
+    async def handle(self, msg: Any) -> Any:
+        match msg:
+            case daq.SourceStart(daq_id=daq_id):
+                self._recording.add(daq_id)
+                return daq.SourceAck()
+            case daq.SourceStop(daq_id=daq_id) if daq_id in self._recording:
+                self._recording.discard(daq_id)
+                return daq.SourceResult(
+                    keywords=[daq.EsoKeyword(name="INS TEMP1 VAL", value=4.2, comment="[K] cold plate")]
+                )
+            case daq.SourceStop(daq_id=daq_id):
+                raise InvalidState(f"not recording for DAQ {daq_id}")
+            case daq.SourceAbort(daq_id=daq_id):
+                self._recording.discard(daq_id)
+                return daq.SourceAck()
+            case daq.SourceWait():
+                return daq.SourceWaitReply(ended=False)
+            case _:
+                raise AssertionError(msg)

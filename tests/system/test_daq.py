@@ -200,3 +200,24 @@ def test_a_daq_merging_when_the_daemon_is_killed_is_merged_again_after_the_resta
         assert not any((again.state_dir / "daq" / "workspace").iterdir())
     finally:
         again.stop()
+
+
+def test_an_actor_of_the_daemon_serves_as_a_metadata_source(tmp_path: Path) -> None:
+    config = """
+[[supervisor.children]]
+kind = "actor"
+name = "cryostat"
+actor = "tests.support.actors:InstrumentSource"
+"""
+    d = start_daemon(tmp_path, config=config)
+    try:
+        with daq_client(d) as daq:
+            daq.start_daq("T", prim_sources="cam@sim://cam", meta_sources="cryo@actor://cryostat")
+            daq.stop_daq("T")
+            done = daq.await_daq_state("T", *COMPLETED, timeout=30).status
+            with fits.open(done.result) as hdul:
+                assert hdul[0].header["HIERARCH ESO INS TEMP1 VAL"] == 4.2
+            with pytest.raises(DaqFailed, match="no actor named 'nobody'"):
+                daq.start_daq("U", prim_sources="cam@sim://cam", meta_sources="x@actor://nobody")
+    finally:
+        d.stop()
