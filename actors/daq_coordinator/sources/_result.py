@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from stationd.protocol.daq import SourceResult
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from .base import SourceFailed
 
@@ -14,6 +15,8 @@ __all__ = ["checked_result"]
 
 
 def _column(name: str, values: Any) -> np.ndarray:
+    import numpy as np  # here, not at the top: the daemon imports this module at start, numpy takes 0.1 s
+
     if isinstance(values, list):
         try:
             values = np.asarray(values)

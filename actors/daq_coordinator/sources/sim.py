@@ -16,10 +16,11 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 from urllib.parse import parse_qsl, urlsplit
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from stationd.protocol.daq import EsoKeyword, FitsKeyword, SourceResult, ValueKeyword
 from stationd.protocol.errors import InvalidParams
@@ -99,6 +100,8 @@ def parse_sim_uri(uri: str) -> SimConfig:
 
 def sim_table(rows: int, rate: float, t0: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """`rows` rows sampled at `rate` from epoch time `t0`: TIME, COUNTER and VALUE (a noisy 0.5 Hz sine)."""
+    import numpy as np  # here, not at the top: the daemon imports this module at start, numpy takes 0.1 s
+
     counter = np.arange(rows, dtype=np.int64)
     offset = counter / rate
     value = np.sin(np.pi * offset) + rng.normal(0.0, 0.05, rows)
@@ -112,6 +115,8 @@ class SimSource(Source):
     def __init__(self, address: SourceAddress, daq_id: str) -> None:
         super().__init__(address, daq_id)
         self.config = parse_sim_uri(address.uri)
+        import numpy as np  # at the first DAQ, not when the daemon starts
+
         self._rng = np.random.default_rng()
         self._t0_epoch = 0.0
         self._t0_mono: float | None = None
@@ -161,7 +166,7 @@ class SimSource(Source):
             return SourceResult(keywords=self._metadata_keywords(elapsed))
         rows = min(math.floor(elapsed * self.config.rate), MAX_ROWS)
         # a generator of its own: a cancelled stop's thread may still be drawing from the previous one
-        args = (rows, self.config.rate, self._t0_epoch, np.random.default_rng())
+        args = (rows, self.config.rate, self._t0_epoch, self._rng.spawn(1)[0])
         table = await asyncio.to_thread(sim_table, *args) if rows > _THREAD_ROWS else sim_table(*args)
         # set only once the table exists: a stop cancelled while building leaves the recording stoppable
         self._finished.set()
@@ -176,7 +181,7 @@ class SimSource(Source):
         ]
 
     def _metadata_keywords(self, elapsed: float) -> list[FitsKeyword]:
-        reading = float(np.sin(np.pi * elapsed) + self._rng.normal(0.0, 0.05))
+        reading = math.sin(math.pi * elapsed) + float(self._rng.normal(0.0, 0.05))
         return [
             EsoKeyword("INS SIM NAME", self.device, "simulated instrument"),
             EsoKeyword("INS SIM VALUE", round(reading, 6), "reading at stop"),
