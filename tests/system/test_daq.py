@@ -142,12 +142,20 @@ def test_a_failed_start_is_a_daq_failed_reply_naming_the_daq_and_the_daq_ends_ab
         assert daq.get_daq_status("BAD").substate == DaqSubState.ABORTED
 
 
-def test_a_daq_acquiring_when_the_daemon_is_killed_comes_back_flagged_and_can_still_be_stopped(
+def test_after_kill_9_of_the_daemon_every_daq_is_back_and_each_can_be_ended(
     tmp_path: Path, external_source: str
 ) -> None:
     d = start_daemon(tmp_path)
     try:
         with daq_client(d) as daq:
+            daq.start_daq("DONE", prim_sources="cam@sim://cam")
+            daq.stop_daq("DONE")
+            daq.await_daq_state("DONE", *COMPLETED, timeout=30)
+            daq.start_daq("GONE", prim_sources="cam@sim://cam")
+            daq.abort_daq("GONE")
+            daq.start_daq("STUCK", prim_sources="cam@sim://cam?fail=abort")
+            with pytest.raises(DaqFailed):
+                daq.abort_daq("STUCK")  # fail-fast: it stays Aborting
             daq.start_daq("LIVE", prim_sources=f"cam@{external_source}")
             daq.start_daq("SIM", prim_sources="cam@sim://cam")
         os.kill(d.proc.pid, signal.SIGKILL)
@@ -160,7 +168,14 @@ def test_a_daq_acquiring_when_the_daemon_is_killed_comes_back_flagged_and_can_st
             live = daq.get_daq_status("LIVE")
             assert (live.substate, live.error) == (DaqSubState.ACQUIRING, True)
             assert "daemon restarted" in live.message
-            assert {s.id for s in daq.get_active_list()} == {"LIVE", "SIM"}
+            assert {s.id for s in daq.get_active_list()} == {"LIVE", "SIM", "STUCK"}
+            assert daq.get_daq_status("DONE").substate == DaqSubState.COMPLETED
+            assert Path(daq.get_daq_status("DONE").result).exists()
+            assert daq.get_daq_status("GONE").substate == DaqSubState.ABORTED
+            stuck = daq.get_daq_status("STUCK")
+            assert (stuck.substate, stuck.error) == (DaqSubState.ABORTING, True)
+            assert daq.force_abort_daq("STUCK").error is True  # its source still fails to abort: forced
+            assert daq.get_daq_status("STUCK").substate == DaqSubState.ABORTED
             # the external source kept recording: the stop collects its data into the product
             assert daq.stop_daq("LIVE").error is False
             done = daq.await_daq_state("LIVE", *COMPLETED, timeout=30)
