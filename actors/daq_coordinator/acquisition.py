@@ -38,7 +38,7 @@ class AcquisitionHandlers(PipelineHandlers):
         addresses = parse_daq_sources(msg.prim_sources, msg.meta_sources)
         for address in addresses:
             check_address(address)
-        daq_id = msg.id or self._new_id(msg.file_prefix)
+        daq_id = msg.id or await self._new_id(msg.file_prefix)
         if await self.exists(daq_id):
             raise Conflict(f"a DAQ with id {daq_id!r} exists already", id=daq_id)
         now = time.time()
@@ -79,9 +79,8 @@ class AcquisitionHandlers(PipelineHandlers):
                 if errors := failures(replies):
                     await self._abort_after_failed_start(daq, describe(errors))
             await self.move(daq, states.ACQUIRING)
-            daq.watcher = asyncio.get_running_loop().create_task(
-                self._watch_end(daq), name=f"daq-end:{daq.id}"
-            )
+            if daq.addresses("primary"):  # only primary sources report the end of their recording
+                daq.watcher = self.background(self._watch_end(daq), name=f"daq-end:{daq.id}")
         return d.DaqReply(id=daq.id)
 
     async def _abort_after_failed_start(self, daq: Daq, why: str) -> None:
@@ -110,15 +109,20 @@ class AcquisitionHandlers(PipelineHandlers):
             if daq.phase != states.STOPPING:
                 await self.move(daq, states.STOPPING, message="recording ended" if automatic else None)
             errors: dict[str, str] = {}
+            delivered: dict[str, d.SourceResult] = {}
             for kind in ("primary", "metadata"):
                 pending = daq.in_state(kind, Src.ACQUIRING, Src.STOPPING, Src.FAILED)
                 replies = await self.call_all(
                     daq, pending, "stop", lambda s: s.stop(), during=Src.STOPPING, done=Src.STOPPED
                 )
                 errors |= failures(replies)
-                daq.results |= {n: r for n, r in replies.items() if n not in errors}
-            for name, result in daq.results.items():
+                delivered |= {n: r for n, r in replies.items() if n not in errors}
+            for name, result in delivered.items():
                 daq.source_status(name).rows = _rows(result)
+            # on disk at once, also after a partial failure: a repeated or forced stop (after a restart, too)
+            # asks only the other sources, and the merge reads every result from the workspace
+            if delivered:
+                await self.in_thread(daq, self.workspace.save_results, daq.id, delivered)
             if errors and not force:
                 stopped_any = any(s.state == Src.STOPPED for s in daq.status.sources)
                 daq.status.error, daq.status.message = True, f"stop failed: {describe(errors)}"
@@ -128,7 +132,6 @@ class AcquisitionHandlers(PipelineHandlers):
                         f"DAQ {daq.id!r}: every source failed to stop: {describe(errors)}", id=daq.id
                     )
                 return d.DaqReply(id=daq.id, error=True)
-            await asyncio.to_thread(self.workspace.save_results, daq.id, daq.results)
             message = f"stopped despite errors: {describe(errors)}" if errors else daq.status.message
             await self.move(daq, states.STOPPED, message=message, error=bool(errors) or daq.status.error)
             await daq.close_sources()
@@ -137,7 +140,8 @@ class AcquisitionHandlers(PipelineHandlers):
 
     async def _watch_end(self, daq: Daq) -> None:
         """OCM's automatic stop: wait (each request at most `awaitInterval`) until every primary source
-        reports the end of its recording, then stop the DAQ."""
+        reports the end of its recording, then stop the DAQ. A stop or abort command cancels it (the lock
+        keeps it from cutting into one); a DAQ without primary sources has none."""
         interval = max(daq.await_interval, 0.05)  # 0 would ask again and again without waiting
         pending = daq.addresses("primary")
         while pending:
@@ -156,7 +160,11 @@ class AcquisitionHandlers(PipelineHandlers):
             pending = [a for a, ended in zip(pending, replies, strict=True) if ended is not True]
             if any(r is not True and r is not False for r in replies):
                 await asyncio.sleep(interval)  # a failing source: ask again after one interval, not in a loop
-        reply = await self.stop(daq, force=False, automatic=True)
+        try:
+            reply = await self.stop(daq, force=False, automatic=True)
+        except DaqFailed as exc:  # every source failed to stop: the DAQ stays Stopping, flagged (saved)
+            self.ctx.log.warning("automatic_stop_failed", daq=daq.id, message=exc.msg)
+            return
         if reply.error:
             self.ctx.log.warning("automatic_stop_partly_failed", daq=daq.id, message=daq.status.message)
 
@@ -165,8 +173,8 @@ class AcquisitionHandlers(PipelineHandlers):
         """AbortDaq fails fast, leaving the DAQ Aborting; ForceAbortDaq marks it Aborted despite failures."""
         async with daq.lock:
             states.check_command("force_abort" if force else "abort", daq.phase, daq.id)
-            for task in daq.stop_tasks():
-                await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(*daq.stop_tasks(), return_exceptions=True)
+            await daq.jobs_done()  # a merge or release thread still writing: let it end before discarding
             if daq.phase[1] != d.DaqSubState.ABORTING:
                 aborting = (
                     states.ABORTING_MERGING
@@ -188,7 +196,7 @@ class AcquisitionHandlers(PipelineHandlers):
             message = f"aborted despite errors: {describe(errors)}" if errors else "aborted by request"
             await self.move(daq, states.ABORTED, message=message, error=bool(errors) or daq.status.error)
             await daq.close_sources()
-            await asyncio.to_thread(self.workspace.discard, daq.id)
+            await self.in_thread(daq, self.discard, daq)
             return d.DaqReply(id=daq.id, error=bool(errors))
 
     # -- keywords --------------------------------------------------------------------------------------------
@@ -202,11 +210,12 @@ class AcquisitionHandlers(PipelineHandlers):
         return d.DaqReply(id=daq.id)
 
     # -- ids -------------------------------------------------------------------------------------------------
-    def _new_id(self, file_prefix: str) -> str:
-        """`<prefix>.<UTC time with ms>` as OCM generates them, made unique within this coordinator."""
+    async def _new_id(self, file_prefix: str) -> str:
+        """`<prefix>.<UTC time with ms>` as OCM generates them, made unique among every DAQ this coordinator
+        knows (the store too: finished DAQs leave memory, and a clock set back may repeat a time)."""
         base = f"{file_prefix or self.options.instrument_id}.{_iso_ms(time.time())}"
         candidate, n = base, 1
-        while candidate in self.daqs or candidate in self.finished:
+        while await self.exists(candidate):
             n += 1
             candidate = f"{base}-{n}"
         return candidate

@@ -50,6 +50,10 @@ RESTARTED_MSG = (
     "the daemon restarted while the DAQ was {substate}: what its sources recorded since is unknown; "
     "stop, force-stop or abort it"
 )
+RESTARTED_ABORTING_MSG = (
+    "the daemon restarted while the DAQ was Aborting: whether its sources aborted is unknown; "
+    "abort or force-abort it"
+)
 
 
 class DaqCoordinator(AcquisitionHandlers, Actor):
@@ -111,12 +115,16 @@ class DaqCoordinator(AcquisitionHandlers, Actor):
             await asyncio.wait_for(fulfilled, timeout)
         except TimeoutError:
             return d.AwaitDaqReply(timeout=True, status=daq.status)
+        finally:
+            daq.remove_waiter(fulfilled)  # timed out or cancelled: a DAQ that never moves must not pile them
         return d.AwaitDaqReply(timeout=False, status=daq.status)
 
     # -- restart ---------------------------------------------------------------------------------------------
     async def _recover(self) -> None:
-        """Take back the DAQs that were not finished: merges run again; a DAQ that was acquiring (or aborting)
-        is flagged, since its sources went on without us, and waits for a stop or an abort."""
+        """Take back the DAQs that were not finished: a DAQ that was Stopped or merging is merged again (the
+        results are in the workspace); one that was acquiring is flagged, since its sources went on without
+        us, and waits for a stop or an abort; one that was aborting (in either state) is flagged and waits
+        for an abort."""
         query = parse_query(
             DAQS, {"state__in": [d.DaqState.ACQUIRING.value, d.DaqState.MERGING.value], "limit": 0}
         )
@@ -124,13 +132,15 @@ class DaqCoordinator(AcquisitionHandlers, Actor):
         for record in sorted(records, key=lambda r: r.status.created):
             daq = Daq.from_record(record)
             self.daqs[daq.id] = daq
-            if daq.phase[0] == d.DaqState.MERGING or daq.phase == states.STOPPED:
-                daq.results = {}
+            aborting = daq.phase[1] == d.DaqSubState.ABORTING
+            if not aborting and (daq.phase[0] == d.DaqState.MERGING or daq.phase == states.STOPPED):
                 self.schedule_merge(daq)
                 self.ctx.log.info("daq_merge_resumed", daq=daq.id, substate=daq.phase[1].value)
                 continue
             daq.status.error = True
-            daq.status.message = RESTARTED_MSG.format(substate=daq.phase[1].value)
+            daq.status.message = (
+                RESTARTED_ABORTING_MSG if aborting else RESTARTED_MSG.format(substate=daq.phase[1].value)
+            )
             for source in daq.status.sources:
                 if source.state in (SourceState.STARTING, SourceState.STOPPING, SourceState.ABORTING):
                     source.state = SourceState.FAILED
@@ -139,8 +149,12 @@ class DaqCoordinator(AcquisitionHandlers, Actor):
             self.ctx.log.warning("daq_recovered", daq=daq.id, substate=daq.phase[1].value)
 
     async def _shutdown(self) -> None:
+        """Cancel the automatic stops and merges, let the worker threads writing files end (the next
+        incarnation merges again from the workspace and must not meet a half-done write), close."""
         tasks = [t for daq in self.daqs.values() for t in daq.stop_tasks()]
         await asyncio.gather(*tasks, return_exceptions=True)
+        for daq in [*self.daqs.values(), *self.finished.values()]:
+            await daq.jobs_done()
         for daq in self.daqs.values():
             await daq.close_sources()
         await self.store.close()

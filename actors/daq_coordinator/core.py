@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -150,6 +150,33 @@ class CoordinatorCore:
             self.finished[daq.id] = daq
             while len(self.finished) > self.options.keep_finished:
                 self.finished.popitem(last=False)
+
+    # -- background work -------------------------------------------------------------------------------------
+    def background(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run `work` as a task of its own (automatic stop, merge pipeline); a bug that ends it is logged,
+        not lost in a task nobody awaits."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        task.add_done_callback(self._log_crash)
+        return task
+
+    def _log_crash(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.ctx.log.error("daq_task_crashed", task=task.get_name(), error=repr(exc), exc_info=exc)
+
+    async def in_thread(self, daq: Daq, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in a worker thread, registered in `daq.jobs` until the thread ends. Cancelling the
+        caller does not stop a thread: the job stays registered, so that an abort or a shutdown can wait for
+        it before touching the same files."""
+        job = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        daq.jobs.add(job)
+
+        def done(finished: asyncio.Future[T]) -> None:
+            daq.jobs.discard(finished)
+            if not finished.cancelled():
+                finished.exception()  # the caller gets it through the shield; if it was cancelled, moot
+
+        job.add_done_callback(done)
+        return await asyncio.shield(job)
 
     # -- sources ---------------------------------------------------------------------------------------------
     def open(self, address: SourceAddress, daq_id: str) -> Source:

@@ -1,5 +1,6 @@
-"""One DAQ while the coordinator holds it: its status (what is persisted and reported), its sources, what they
-delivered, the clients awaiting a state, and the lock that makes its commands run one at a time."""
+"""One DAQ while the coordinator holds it: its status (what is persisted and reported), its sources, the
+clients awaiting a state, its background tasks and file jobs, and the lock that makes its commands run one
+at a time. What the sources delivered is not kept here: it goes to the workspace as soon as it arrives."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from stationd.protocol.daq import DaqStatus, SourceResult, SourceState, SourceStatus
+from stationd.protocol.daq import DaqStatus, SourceState, SourceStatus
 
 from . import states
 from .records import DaqRecord
@@ -35,13 +36,15 @@ class Daq:
         """Held by each command and by each step of the merge, so they never interleave on one DAQ."""
         self.sources: dict[str, Source] = {}
         """Opened sources by name (opened on first use: after a restart, only when a command needs them)."""
-        self.results: dict[str, SourceResult] = {}
-        """What each stopped source delivered."""
-        self.waiters: list[tuple[states.Phase, asyncio.Future[None]]] = []
+        self.waiters: dict[asyncio.Future[None], states.Phase] = {}
+        """Pending `daq_await_state` requests: each one's future and the phase it awaits."""
         self.watcher: asyncio.Task[None] | None = None
         """Waits for the primary sources to end their recording by themselves (automatic stop)."""
         self.pipeline: asyncio.Task[None] | None = None
         """Schedules, merges and releases the data product once the DAQ stopped."""
+        self.jobs: set[asyncio.Future[Any]] = set()
+        """File work running in worker threads (results, merge, release): a cancelled caller does not stop a
+        thread, so an abort or a shutdown awaits these before it touches the same files."""
 
     @classmethod
     def from_record(cls, record: DaqRecord) -> Daq:
@@ -96,20 +99,22 @@ class Daq:
     # -- awaiting --------------------------------------------------------------------------------------------
     def wake_waiters(self) -> None:
         """Resolve every await whose condition now holds (reached, or no longer reachable)."""
-        still = []
-        for target, future in self.waiters:
+        for future, target in list(self.waiters.items()):
             if future.done():
-                continue
-            if states.await_fulfilled(self.phase, target):
+                del self.waiters[future]
+            elif states.await_fulfilled(self.phase, target):
                 future.set_result(None)
-            else:
-                still.append((target, future))
-        self.waiters = still
+                del self.waiters[future]
 
     def add_waiter(self, target: states.Phase) -> asyncio.Future[None]:
+        """A future resolved once `target` holds or can no longer be reached; `remove_waiter` it when the
+        await ends another way (timeout, cancellation)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append((target, future))
+        self.waiters[future] = target
         return future
+
+    def remove_waiter(self, future: asyncio.Future[None]) -> None:
+        self.waiters.pop(future, None)
 
     def stop_tasks(self) -> list[asyncio.Task[Any]]:
         """Cancel the background tasks; returns them so the caller can await their end."""
@@ -117,3 +122,9 @@ class Daq:
         for task in tasks:
             task.cancel()
         return tasks
+
+    async def jobs_done(self) -> None:
+        """Wait until no worker thread works on this DAQ's files (their errors were handled by their callers,
+        or are moot once those were cancelled)."""
+        while self.jobs:
+            await asyncio.gather(*self.jobs, return_exceptions=True)

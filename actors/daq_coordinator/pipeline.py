@@ -5,7 +5,7 @@ and the product is written atomically."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -23,7 +23,7 @@ class PipelineHandlers(CoordinatorCore):
 
     def schedule_merge(self, daq: Daq) -> None:
         """Run (or resume, after a restart) the pipeline of a DAQ that is Stopped or further."""
-        daq.pipeline = asyncio.get_running_loop().create_task(self._pipeline(daq), name=f"daq-merge:{daq.id}")
+        daq.pipeline = self.background(self._pipeline(daq), name=f"daq-merge:{daq.id}")
 
     async def _pipeline(self, daq: Daq) -> None:
         try:
@@ -32,22 +32,24 @@ class PipelineHandlers(CoordinatorCore):
             async with self.merge_slots:
                 await self._step(daq, states.SCHEDULED, states.MERGING)
                 if daq.phase == states.MERGING:
-                    info = await asyncio.to_thread(self._merge, daq)
+                    info = await self.in_thread(daq, self._merge, daq)
                     if info.skipped:
                         daq.status.message = "left out of the product: " + "; ".join(info.skipped)
                     await self._step(daq, states.MERGING, states.RELEASING)
             if daq.phase == states.RELEASING:
-                product = await asyncio.to_thread(self._release, daq)
-                daq.status.result = str(product)
-                await self._step(daq, states.RELEASING, states.COMPLETED)
-                await asyncio.to_thread(self.workspace.discard, daq.id)
+                product = await self.in_thread(daq, self._release, daq)
+                async with daq.lock:
+                    if daq.phase == states.RELEASING:
+                        daq.status.result = str(product)
+                        await self.move(daq, states.COMPLETED)
         except (ProductError, OSError) as exc:
             # OCM never aborts a DAQ on its own once it started: the DAQ stays where it is, flagged, until
-            # someone aborts it (the sources' results stay in the workspace for a later look)
-            self.ctx.log.error("merge_failed", daq=daq.id, error=f"{type(exc).__name__}: {exc}")
+            # someone aborts it (the sources' results stay in the workspace for a later look, and a restart
+            # tries again)
             async with daq.lock:
                 daq.status.error, daq.status.message = True, f"merge failed: {exc}"
                 await self.save(daq)
+            self.ctx.log.error("merge_failed", daq=daq.id, error=f"{type(exc).__name__}: {exc}")
 
     async def _step(self, daq: Daq, expected: states.Phase, new: states.Phase) -> None:
         async with daq.lock:
@@ -55,6 +57,13 @@ class PipelineHandlers(CoordinatorCore):
                 await self.move(daq, new)
 
     # -- in worker threads -----------------------------------------------------------------------------------
+    def discard(self, daq: Daq) -> None:
+        """What an abort throws away: the workspace (source results, a product being merged) and a product
+        that reached the data directory without the DAQ being reported Completed (an abort cut in between)."""
+        self.workspace.discard(daq.id)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            self._release_path(daq).unlink()
+
     def _work_path(self, daq: Daq) -> Path:
         return self.workspace.folder(daq.id) / f"{daq.status.file_id}.fits"
 
@@ -64,6 +73,8 @@ class PipelineHandlers(CoordinatorCore):
     def _merge(self, daq: Daq) -> ProductInfo:
         names = [s.name for s in daq.status.sources]
         results = self.workspace.load_results(daq.id, names)
+        # no folder when no source delivered anything (a forced stop after they all failed): make it
+        self._work_path(daq).parent.mkdir(parents=True, exist_ok=True)
         kinds = {s.name: s.kind for s in daq.status.sources}
         return write_product(
             self._work_path(daq),
@@ -75,7 +86,8 @@ class PipelineHandlers(CoordinatorCore):
         )
 
     def _release(self, daq: Daq) -> Path:
-        """Move the product into the data directory (again after a restart: whatever step was reached)."""
+        """Move the product into the data directory and drop the workspace (again after a restart: whatever
+        step was reached)."""
         work, final = self._work_path(daq), self._release_path(daq)
         if not work.exists():
             if final.exists():
@@ -88,6 +100,7 @@ class PipelineHandlers(CoordinatorCore):
             os.fsync(fd)
         finally:
             os.close(fd)
+        self.workspace.discard(daq.id)  # the product is safe: the sources' results are no longer needed
         return final
 
 
