@@ -38,8 +38,10 @@ _CONTROL_DECODER = msgpack_decoder(ControlMessage)
 _ERROR_DECODER = msgspec.msgpack.Decoder(ErrorInfo)
 _REPLY_DECODERS: dict[Any, msgspec.msgpack.Decoder] = {}
 _LOCAL: dict[bytes, Mailbox] = {}
-"""Open mailboxes of this process by identity: a message between two of them skips the sockets (same event
-loop, same order guarantees: each delivery is a callback in send order), which halves a request's latency."""
+"""Open mailboxes of this process by identity: a message between two of them skips the sockets and is
+delivered at once, inside `send` (same event loop; deliveries happen in send order, and a receiver only queues
+a request or resolves a future, so nothing runs re-entrantly), which cuts a request's latency by more than
+half."""
 
 
 def encode_envelope(env: Envelope) -> bytes:
@@ -124,7 +126,7 @@ class Mailbox:
         to = recipient.encode() if isinstance(recipient, str) else recipient
         local = _LOCAL.get(to)
         if local is not None and local._loop is self._loop:
-            self._loop.call_soon(local._incoming_local, self.name.encode(), env)
+            local._incoming_local(self.name.encode(), env)
             return
         fut = self._sock.send_multipart([to, encode_envelope(env)])
         if fut.done() and fut.exception() is not None:

@@ -22,6 +22,10 @@ from .publisher import Publisher
 
 __all__ = ["StatusBoard"]
 
+_MIN_INFO_INTERVAL = 0.01
+"""Least time (s) between two change-driven QS_Info publications: a burst of changes (a plan's end, thousands
+of queued items) is published once per interval, its last state at the end of it, not once per change."""
+
 
 class StatusBoard:
     """Holds what `status` reports; every change gets a new `status_uid` and is published on QS_Info."""
@@ -32,6 +36,8 @@ class StatusBoard:
         self._actors: dict[str, ActorInfo] = {}
         self._queue = QueueStatus()
         self._publish_scheduled = False
+        self._published_at = -_MIN_INFO_INTERVAL
+        """`time.monotonic()` of the last change-driven publication."""
         self.started_at = time.time()
         self.daemon_state = "starting"
         self.status_uid = str(uuid.uuid4())
@@ -82,13 +88,20 @@ class StatusBoard:
 
     def _changed(self) -> None:
         self.status_uid = str(uuid.uuid4())
-        if not self._publish_scheduled:
-            self._publish_scheduled = True
-            try:
-                asyncio.get_running_loop().call_soon(self._publish_now)
-            except RuntimeError:
-                self._publish_scheduled = False  # no loop yet: the first periodic publish covers it
+        if self._publish_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet: the first periodic publish covers it
+        self._publish_scheduled = True
+        wait = self._published_at + _MIN_INFO_INTERVAL - time.monotonic()
+        if wait > 0:
+            loop.call_later(wait, self._publish_now)
+        else:
+            loop.call_soon(self._publish_now)
 
     def _publish_now(self) -> None:
         self._publish_scheduled = False
+        self._published_at = time.monotonic()
         self._publisher.publish_info(self.status())

@@ -41,6 +41,8 @@ _REFUSED = (KeyError, TypeError, ValueError, msgspec.ValidationError)
 _DEFAULT_ORDER = "-time"
 _DEFAULT_STREAM = "primary"
 """Stream of a descriptor without a name (bluesky's default)."""
+_MAX_OPEN = 10_000
+"""Most runs remembered as open (see `Runs._open`); past it the oldest are forgotten (the store is asked)."""
 
 
 def plain(value: Any) -> Any:
@@ -157,6 +159,10 @@ class Runs:
         self.ctx = ctx
         self._unknown: set[str] = set()
         """Names of documents not stored (`stream_resource`, …), each logged once."""
+        self._open: dict[str, None] = {}
+        """Runs whose start this instance stored and whose stop it has not (oldest first): their first stop is
+        stored without asking the store for one (a query, on a reader thread, per run). Only this instance
+        writes stops, so none can exist for them."""
 
     # -- writing ---------------------------------------------------------------------------------------------
     async def store_documents(self, documents: Sequence[tuple[str, dict[str, Any]]]) -> None:
@@ -199,13 +205,24 @@ class Runs:
             await self.store.insert(coll.name, records)
         except Conflict:  # a document stored already (sent again): keep the new ones, as suitcase-mongo does
             await self._insert_new(coll, records)
+            return
+        if coll is RUN_STARTS:
+            self._opened([r.uid for r in records])
+
+    def _opened(self, run_uids: list[str]) -> None:
+        """Remember runs whose start was just stored (a run started before is not: it may have a stop)."""
+        self._open.update(dict.fromkeys(run_uids))
+        while len(self._open) > _MAX_OPEN:
+            del self._open[next(iter(self._open))]
 
     async def _insert_stops(self, stops: list[RunStopRecord]) -> None:
         """One stop per run (suitcase-mongo's unique index): a second one (a real stop after a synthetic
         one) is dropped. Each stored stop is published as `run_stopped`: the run is complete in the store."""
         kept: dict[str, RunStopRecord] = {}
         for stop in stops:
-            existing = kept.get(stop.run_start) or await self._stop_of(stop.run_start)
+            existing = kept.get(stop.run_start)
+            if existing is None and stop.run_start not in self._open:
+                existing = await self._stop_of(stop.run_start)
             if existing is None:
                 kept[stop.run_start] = stop
             elif existing.uid != stop.uid:
@@ -214,6 +231,8 @@ class Runs:
                 )
         if kept:
             await self.store.insert(RUN_STOPS.name, list(kept.values()))
+        for run_uid in kept:
+            self._open.pop(run_uid, None)
         for stop in kept.values():
             self.ctx.publish(
                 "run_stopped",

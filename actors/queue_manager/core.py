@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import uuid
 from collections.abc import Callable, Coroutine
@@ -216,10 +217,15 @@ class ManagerCore:
 
     def _publish_status(self) -> None:
         """Publish the status once the current step is done: a plan's end changes it several times in a
-        row (history, queue, RunEngine state, runs), and the daemon's status follows every publication."""
+        row (history, queue, RunEngine state, runs), and the daemon's status follows every publication.
+
+        Two callbacks later, so that the reply to the request being handled goes out first: the reply wakes
+        its asker (the front door) in the next callback. A `status` asked after that reply still sees the
+        change, since the request is read only after the callbacks scheduled before it."""
         if not self._status_scheduled:
             self._status_scheduled = True
-            asyncio.get_running_loop().call_soon(self._publish_status_now)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._publish_status_now)
 
     def _publish_status_now(self) -> None:
         self._status_scheduled = False
@@ -230,7 +236,9 @@ class ManagerCore:
         s.plan_queue_uid = self.pq.plan_queue_uid
         s.plan_history_uid = self.pq.plan_history_uid
         s.plan_queue_mode = self.pq.mode
-        self.ctx.publish("status", s)
+        # a copy: the daemon's status board keeps what it is given, and handlers change `self.status` before
+        # it is published (a `status` answered in between must not mix old and new fields)
+        self.ctx.publish("status", copy.copy(s))
 
     def _tell_self(self, msg: msgspec.Struct) -> None:
         self.ctx.tell(self.ctx.name, msg)

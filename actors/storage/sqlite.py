@@ -1,6 +1,11 @@
 """The embedded backend: one SQLite file per store, WAL, a writer thread that commits queued writes together,
 and reader threads for queries (one thread hop per call, never per row). The layout is described in `sql.py`.
 
+A small write made while the writer thread is idle is committed at once on the caller's thread (the event
+loop) through the same connection: for a few rows, the hop to the writer thread and back costs more than the
+commit itself and wakes two threads. The commit still happens before the call returns (an acknowledged write
+survives kill -9), and it never overtakes a queued write.
+
 Counts are cached: a query's count is kept with the collection's change counter and highest row key, and
 while only rows were appended since, the next count of the same query adds what the new rows contribute
 (one index range) instead of counting every match again."""
@@ -40,6 +45,14 @@ SCHEMA_VERSION = 2
 APPLICATION_ID = 0x53544E44  # "STND": marks the file as a stationd store
 _MAX_BATCH = 512
 """Most write calls committed in one transaction."""
+_INLINE_RECORDS = 32
+"""Most records of a write committed on the caller's thread (a bigger one would hold the event loop)."""
+_INLINE_RUN = 100
+"""Inline commits in a row before a write goes through the writer thread anyway: SQLite's automatic
+checkpoint (it copies the WAL into the database file and syncs it: milliseconds) is enabled only there, so
+that it never runs on the event loop."""
+_CHECKPOINT_PAGES = 1000
+"""WAL size (pages) from which a commit of the writer thread checkpoints (SQLite's default)."""
 _MAX_CACHED = 65_536
 """Most value sets an array field keeps in memory (then the cache starts over)."""
 _CACHED_LEN = 32
@@ -136,7 +149,14 @@ class SQLiteStore:
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        """The writer thread's connection."""
+        """The writer's connection: used by the writer thread, or by an inline write holding `_writing`."""
+        self._writing = threading.Lock()
+        """Held while the writer's connection commits (a batch of the writer thread, or an inline write)."""
+        self._queued = 0
+        """Writes handed to the writer thread and not committed yet (under `_lock`): while there are any, a
+        new write is queued behind them, never committed inline ahead of them."""
+        self._inline_run = 0
+        """Inline commits since the last write that went through the writer thread (see `_INLINE_RUN`)."""
         self._counts: dict[tuple[Any, ...], tuple[int, int, int]] = {}
         """(collection, count SQL, params) -> (count, `changes`, `top_rid`) when counted."""
 
@@ -147,7 +167,7 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
-        self._writes.put(_Write(self._prepare, ready, loop))  # the writer's first job, before anything else
+        self._enqueue(_Write(self._prepare, ready, loop))  # the writer's first job, before anything else
         self._writer = threading.Thread(
             target=self._write_loop, name=f"sqlite-write-{self.path.stem}", daemon=True
         )
@@ -167,7 +187,7 @@ class SQLiteStore:
                 conn.close()
             self._reader_conns.clear()
         if self._writer is not None:
-            self._writes.put(None)
+            self._enqueue(None)
             await asyncio.to_thread(self._writer.join)
             self._writer = None
 
@@ -175,22 +195,22 @@ class SQLiteStore:
     async def insert(self, coll: str, records: Sequence[msgspec.Struct]) -> list[Any]:
         """Insert records (ids assigned where missing); all or none. Raises `Conflict` on a duplicate id."""
         layout = self._layouts[coll]
-        return await self._write(lambda conn: self._insert(conn, layout, records))
+        return await self._write(lambda conn: self._insert(conn, layout, records), len(records))
 
     async def update(self, coll: str, records: Sequence[msgspec.Struct]) -> None:
         """Replace existing records by id; all or none. Raises `NotFound` naming a missing id."""
         layout = self._layouts[coll]
-        await self._write(lambda conn: self._replace(conn, layout, records, create=False))
+        await self._write(lambda conn: self._replace(conn, layout, records, create=False), len(records))
 
     async def upsert(self, coll: str, records: Sequence[msgspec.Struct]) -> list[bool]:
         """Replace records by id, inserting those that do not exist; returns which ones were created."""
         layout = self._layouts[coll]
-        return await self._write(lambda conn: self._replace(conn, layout, records, create=True))
+        return await self._write(lambda conn: self._replace(conn, layout, records, create=True), len(records))
 
     async def delete(self, coll: str, ids: Sequence[Any]) -> int:
         """Delete records by id; returns how many existed."""
         layout = self._layouts[coll]
-        return await self._write(lambda conn: self._delete(conn, layout, ids))
+        return await self._write(lambda conn: self._delete(conn, layout, ids), len(ids))
 
     async def write_many(self, ops: Sequence[Op]) -> None:
         """Several writes to any collections as one all-or-nothing unit, in order."""
@@ -207,7 +227,7 @@ class SQLiteStore:
                         self._delete(conn, layout, op.items)
 
         if prepared:
-            await self._write(write)
+            await self._write(write, sum(len(op.items) for op in ops))
 
     # -- reads ---------------------------------------------------------------------------------------------
     async def get(self, coll: str, record_id: Any) -> Any | None:
@@ -528,13 +548,35 @@ class SQLiteStore:
         self._drop_unused(conn, layout, before)
         return len(rids)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any], records: int) -> Any:
+        """Commit `fn`'s writes as one unit (inline: small, writer idle) and return what `fn` returned."""
         if self._writer is None:
             raise StorageError(f"{self.path}: the store is closed")
+        if records <= _INLINE_RECORDS and self._inline_run < _INLINE_RUN and self._take_idle_writer():
+            try:
+                assert self._conn is not None  # set before the first write (`_prepare`) was committed
+                ((value, error),) = self._transaction(self._conn, [fn])
+            finally:
+                self._writing.release()
+            self._inline_run += 1
+            if error is not None:
+                raise _caller_error(error)
+            return value
+        self._inline_run = 0
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._writes.put(_Write(fn, future, loop))
+        self._enqueue(_Write(fn, future, loop))
         return await future
+
+    def _take_idle_writer(self) -> bool:
+        """Take the writer's connection if no write is queued or being committed (then none is overtaken)."""
+        with self._lock:
+            return self._queued == 0 and self._writing.acquire(blocking=False)
+
+    def _enqueue(self, write: _Write | None) -> None:
+        with self._lock:
+            self._queued += 1
+            self._writes.put(write)
 
     def _write_loop(self) -> None:
         """Writer thread: take every queued write, run each in its own savepoint, commit them together."""
@@ -545,6 +587,7 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages of bulk inserts stay in memory
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # on for the writer thread's commits only
         except sqlite3.Error as exc:
             self._fail_all(StorageError(f"cannot open {self.path}: {exc}"))
             return
@@ -563,42 +606,63 @@ class SQLiteStore:
                     break
             if None in batch:
                 stop = True
-                batch = [w for w in batch if w is not None]
-            if batch:
-                self._commit(conn, batch)
+            self._commit(conn, batch)
         self._conn = None
         conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
-        results: list[tuple[_Write, Any, BaseException | None]] = []
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Write | None]) -> None:
+        """Writer thread: commit a batch together, with SQLite's automatic checkpoint (see `_INLINE_RUN`)."""
+        writes = [w for w in batch if w is not None]
+        results: list[tuple[Any, BaseException | None]] = []
+        if writes:
+            with self._writing:
+                results = self._transaction(conn, [w.fn for w in writes], checkpoint=True)
+        with self._lock:
+            self._queued -= len(batch)
+        for write, (value, error) in zip(writes, results, strict=True):
+            write.loop.call_soon_threadsafe(_settle, write.future, value, error)
+
+    def _transaction(
+        self,
+        conn: sqlite3.Connection,
+        fns: list[Callable[[sqlite3.Connection], Any]],
+        *,
+        checkpoint: bool = False,
+    ) -> list[tuple[Any, BaseException | None]]:
+        """Run writes in one transaction, each in its own savepoint (a failing one is undone alone), and
+        commit; (value, error) of each. `checkpoint`: the commit may checkpoint the WAL."""
+        results: list[tuple[Any, BaseException | None]] = []
         try:
+            if checkpoint:
+                conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             conn.execute("BEGIN IMMEDIATE")
-            for write in batch:
+            for fn in fns:
                 conn.execute("SAVEPOINT w")
                 try:
-                    results.append((write, write.fn(conn), None))
+                    results.append((fn(conn), None))
                     conn.execute("RELEASE w")
-                except _WRITE_ERRORS as exc:  # this write fails alone: the writer thread goes on
+                except _WRITE_ERRORS as exc:  # this write fails alone: the writer goes on
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
                     self._forget_value_sets()
-                    results.append((write, None, _write_error(exc)))
+                    results.append((None, _write_error(exc)))
             conn.execute("COMMIT")
-        except (
-            sqlite3.Error
-        ) as exc:  # the commit itself failed (disk full, corrupt file): nothing was written
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the commit failed (disk full, corrupt file): nothing was written
             self._forget_value_sets()
-            error = self._storage_error(exc)
-            results = [(w, None, error) for w in batch]
+            results = [(None, self._storage_error(exc)) for _ in fns]
         finally:
+            if conn.in_transaction:  # the commit failed, or a bug's exception escaped: undo it all
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                self._forget_value_sets()
+            if checkpoint:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_autocheckpoint = 0")
             for layout in self._layouts.values():
                 if layout.changed:
                     layout.changes += 1
                     layout.changed = False
-        for write, value, error in results:
-            write.loop.call_soon_threadsafe(_settle, write.future, value, error)
+        return results
 
     def _forget_value_sets(self) -> None:
         """After a rollback: value sets created since the last commit are gone, and so must their ids be."""
@@ -665,10 +729,15 @@ def _write_error(exc: Exception) -> Exception:
     return StorageError(f"the write failed: {type(exc).__name__}: {exc}")
 
 
+def _caller_error(error: BaseException) -> BaseException:
+    """What the caller of a failed write gets: a `StationError` as it is, anything else as `StorageError`."""
+    return error if isinstance(error, StationError) else StorageError(str(error))
+
+
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
     if future.done():
         return
     if error is not None:
-        future.set_exception(error if isinstance(error, StationError) else StorageError(str(error)))
+        future.set_exception(_caller_error(error))
     else:
         future.set_result(value)
