@@ -34,6 +34,7 @@ class AcquisitionHandlers(PipelineHandlers):
     # -- start -----------------------------------------------------------------------------------------------
     async def create(self, msg: d.DaqStart) -> Daq:
         """Validate a StartDaq and register the DAQ (NotStarted), before any source is asked anything."""
+        await self.keywords_ready()
         properties = parse_properties(msg.properties)
         addresses = parse_daq_sources(msg.prim_sources, msg.meta_sources)
         for address in addresses:
@@ -202,6 +203,7 @@ class AcquisitionHandlers(PipelineHandlers):
     # -- keywords --------------------------------------------------------------------------------------------
     async def update_keywords(self, daq: Daq, raw: str | list) -> d.DaqReply:
         """Add or replace user keywords (fail-fast; refused from NotScheduled on)."""
+        await self.keywords_ready()
         updates = parse_keywords(raw)
         async with daq.lock:
             states.check_command("update_keywords", daq.phase, daq.id)

@@ -69,8 +69,6 @@ class DaqCoordinator(AcquisitionHandlers, Actor):
     async def on_start(self) -> None:
         await self.store.open()
         await self._recover()
-        # the keyword checks use astropy, slow to import: import it in a thread now, not at the first start
-        self._warm_up = asyncio.get_running_loop().create_task(asyncio.to_thread(_import_astropy))
 
     async def on_stop(self) -> None:
         await self._shutdown()
@@ -158,7 +156,3 @@ class DaqCoordinator(AcquisitionHandlers, Actor):
         for daq in self.daqs.values():
             await daq.close_sources()
         await self.store.close()
-
-
-def _import_astropy() -> None:
-    from astropy.io import fits  # noqa: F401

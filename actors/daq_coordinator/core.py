@@ -77,6 +77,14 @@ class CoordinatorCore:
         self.zctx = zmq.asyncio.Context.instance()
         self.merge_slots = asyncio.Semaphore(self.options.merge_concurrency)
         self._last_file_ms = 0
+        self._astropy: asyncio.Future[None] | None = None
+
+    async def keywords_ready(self) -> None:
+        """Import astropy (the keyword checks use it) in a thread at the first DAQ command that needs it:
+        not on the loop (it takes a while), not at start (a station without DAQs does not pay its memory)."""
+        if self._astropy is None:
+            self._astropy = asyncio.ensure_future(asyncio.to_thread(_import_astropy))
+        await self._astropy
 
     @property
     def product_dir(self) -> Path:
@@ -236,3 +244,7 @@ def failures(replies: dict[str, Any]) -> dict[str, str]:
 
 def describe(errors: dict[str, str]) -> str:
     return "; ".join(f"source {name}: {text}" for name, text in errors.items())
+
+
+def _import_astropy() -> None:
+    from astropy.io import fits  # noqa: F401
