@@ -30,6 +30,14 @@ KEYWORDS = [
 ]
 
 
+def _kill(d: DaemonProcess) -> None:
+    """The first daemon of a restart test is gone by now, or the test failed before killing it: kill it."""
+    if d.proc.poll() is None:
+        d.proc.kill()
+    d.proc.wait(10)
+    d.notify.close()
+
+
 def daq_client(d: DaemonProcess, timeout: float = 10.0) -> DaqClient:
     return DaqClient(client=Client(d.control_addr, timeout=timeout))
 
@@ -161,7 +169,7 @@ def test_after_kill_9_of_the_daemon_every_daq_is_back_and_each_can_be_ended(
         os.kill(d.proc.pid, signal.SIGKILL)
         d.proc.wait(10)
     finally:
-        d.notify.close()
+        _kill(d)
     again = start_daemon(tmp_path)
     try:
         with daq_client(again) as daq:
@@ -201,7 +209,7 @@ def test_a_daq_merging_when_the_daemon_is_killed_is_merged_again_after_the_resta
             os.kill(d.proc.pid, signal.SIGKILL)  # while the product is being written
         d.proc.wait(10)
     finally:
-        d.notify.close()
+        _kill(d)
     again = start_daemon(tmp_path)
     try:
         with daq_client(again, 30) as daq:
