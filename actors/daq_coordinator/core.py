@@ -149,7 +149,6 @@ class CoordinatorCore:
 
     async def save(self, daq: Daq) -> None:
         """Persist the DAQ's context (acknowledged only once it is on disk)."""
-        daq.status.timestamp = daq.status.timestamp or time.time()
         await self.store.upsert(DAQS.name, [daq.record()])
 
     def _retire(self, daq: Daq) -> None:

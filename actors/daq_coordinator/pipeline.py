@@ -6,7 +6,6 @@ and the product is written atomically."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from . import states
 from .core import CoordinatorCore
 from .daq import Daq
 from .product import ProductError, ProductInfo, write_product
+from .records import sync_directory
 
 __all__ = ["PipelineHandlers"]
 
@@ -95,11 +95,7 @@ class PipelineHandlers(CoordinatorCore):
             self._merge(daq)  # the restart came between the merge and its file: merge again
         final.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(work, final)  # a rename within one file system, a copy across
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_directory(final.parent)
         self.workspace.discard(daq.id)  # the product is safe: the sources' results are no longer needed
         return final
 

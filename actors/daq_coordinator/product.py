@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from stationd.protocol.daq import FitsKeyword, SourceResult
 
 from .keywords import RESERVED_KEYWORDS, KeywordError, card_identity, keyword_card
+from .records import sync_directory
 
 if TYPE_CHECKING:
     import numpy as np
@@ -235,13 +236,4 @@ def _write_atomically(path: Path, hdul: Any) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make the rename itself durable (Linux: fsync on the directory)."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    sync_directory(path.parent)

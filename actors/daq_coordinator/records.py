@@ -14,7 +14,7 @@ from stationd.actors.storage.collection import Collection
 from stationd.protocol.codec import msgpack_decoder, msgpack_encoder
 from stationd.protocol.daq import DaqStatus, SourceResult
 
-__all__ = ["DAQS", "DaqRecord", "Workspace"]
+__all__ = ["DAQS", "DaqRecord", "Workspace", "sync_directory"]
 
 
 class DaqRecord(msgspec.Struct, kw_only=True, frozen=True):
@@ -56,7 +56,7 @@ class Workspace:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        _fsync_dir(folder)
+        sync_directory(folder)
 
     def load_results(self, daq_id: str, names: list[str]) -> dict[str, SourceResult]:
         """The saved results of the named sources (those without a file delivered nothing)."""
@@ -76,7 +76,8 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
 
 
-def _fsync_dir(path: Path) -> None:
+def sync_directory(path: Path) -> None:
+    """Make the renames in a folder durable (Linux: fsync on the directory)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

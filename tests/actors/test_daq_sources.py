@@ -7,10 +7,8 @@ import asyncio
 import math
 import re
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +52,8 @@ from stationd.protocol.errors import (
     StationError,
     UnknownActor,
 )
+from tests.support.daq import ExternalSource, start_example_source, stop_process
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "daq_source.py"
-START_TIMEOUT = 20.0  # the example imports numpy and pyzmq; a loaded CI machine is slow
 ENCODER = msgpack_encoder()
 REQUESTS = msgpack_decoder(SourceRequest)
 
@@ -363,50 +360,10 @@ async def test_sim_source_hangs_the_step_named_by_hang_until_cancelled(step: str
 
 
 # -- the example external source, as a subprocess ------------------------------------------------------------
-@dataclass
-class ExternalSource:
-    proc: asyncio.subprocess.Process
-    addr: str
-
-    def address(self, name: str = "cam") -> SourceAddress:
-        return SourceAddress(name, self.addr, "primary")
-
-
-async def start_example(tmp_path: Path, *args: str) -> ExternalSource:
-    stderr = (tmp_path / "daq_source.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(EXAMPLE),
-        "--bind",
-        "tcp://127.0.0.1:*",  # the example reports the port it got: no free-port race
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=stderr,
-    )
-    stderr.close()
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
-    assert line.startswith("listening on tcp://127.0.0.1:"), (line, (tmp_path / "daq_source.log").read_text())
-    return ExternalSource(proc, line.split()[-1])
-
-
-async def stop_process(proc: asyncio.subprocess.Process) -> int:
-    """SIGTERM by pid, then SIGKILL if it has not exited within 10 s; the exit code."""
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode
-
-
 @pytest.fixture
 async def example(tmp_path: Path) -> AsyncIterator[ExternalSource]:
     """`examples/daq_source.py` on a free loopback port, at 1000 rows/s."""
-    ext = await start_example(tmp_path, "--rate", "1000", "--name", "det7")
+    ext = await start_example_source(tmp_path, "--rate", "1000", "--name", "det7")
     try:
         yield ext
     finally:
@@ -536,7 +493,7 @@ async def test_example_source_answers_malformed_requests_and_survives_garbage(
 
 
 async def test_example_source_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
-    ext = await start_example(tmp_path)
+    ext = await start_example_source(tmp_path)
     try:
         ext.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(ext.proc.wait(), 10) == 0

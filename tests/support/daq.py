@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stationd.actors.daq_coordinator.sources import SourceAddress
 from stationd.actors.specs import ActorSpec
 from stationd.protocol import daq as d
 from stationd.protocol.pubsub import LOG, LogMessage
@@ -114,6 +115,10 @@ class ExternalSource:
 
     proc: asyncio.subprocess.Process
     addr: str
+
+    def address(self, name: str = "cam") -> SourceAddress:
+        """This source as a primary source of a DAQ."""
+        return SourceAddress(name, self.addr, "primary")
 
 
 async def start_example_source(log_dir: Path, *args: str) -> ExternalSource:
