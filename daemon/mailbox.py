@@ -8,6 +8,7 @@ an ask inside `handle` is never blocked by its own mailbox; requests (tells and 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ _ENVELOPE_DECODER = msgspec.msgpack.Decoder(Envelope)
 _CONTROL_DECODER = msgpack_decoder(ControlMessage)
 _ERROR_DECODER = msgspec.msgpack.Decoder(ErrorInfo)
 _REPLY_DECODERS: dict[Any, msgspec.msgpack.Decoder] = {}
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum members cost a lookup per use
 _LOCAL: dict[bytes, Mailbox] = {}
 """Open mailboxes of this process by identity: a message between two of them skips the sockets and is
 delivered at once, inside `send` (same event loop; deliveries happen in send order, and a receiver only queues
@@ -61,6 +63,12 @@ def _reply_decoder(reply_type: Any) -> msgspec.msgpack.Decoder:
     if dec is None:
         dec = _REPLY_DECODERS[reply_type] = msgpack_decoder(reply_type)
     return dec
+
+
+def _expire(future: asyncio.Future[Any], to: str, msg: Any, timeout: float) -> None:
+    if not future.done():
+        tag = type(msg).__struct_config__.tag if isinstance(msg, msgspec.Struct) else type(msg).__name__
+        future.set_exception(DeadlineExceeded(f"{to} did not answer {tag!r} within {timeout:g} s"))
 
 
 def _error_envelope(sender: str, corr: int, err: StationError) -> Envelope:
@@ -151,11 +159,31 @@ class Mailbox:
         user_group: str = "",
     ) -> Any:
         """Send `msg` to `to` and await the reply; raise the typed error of a failure or of the deadline."""
+        return await self.ask_future(
+            to, msg, timeout=timeout, reply_type=reply_type, user=user, user_group=user_group
+        )
+
+    def ask_future(
+        self,
+        to: str,
+        msg: Any,
+        *,
+        timeout: float,
+        reply_type: Any = None,
+        user: str = "",
+        user_group: str = "",
+    ) -> asyncio.Future[Any]:
+        """`ask` as a future, for callers that answer from a done-callback instead of a task per request
+        (the front door). The future fails with `DeadlineExceeded` after `timeout`; cancelling it forgets
+        the ask."""
         corr = next(self._corr)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         if reply_type is None:
             reply_type = getattr(type(msg), "reply_type", Any)
         self._pending[corr] = _Pending(to, future, reply_type)
+        deadline = loop.call_later(timeout, _expire, future, to, msg, timeout)
+        future.add_done_callback(functools.partial(self._asked, corr, deadline))
         try:
             self.send(
                 to,
@@ -169,13 +197,14 @@ class Mailbox:
                     user_group=user_group,
                 ),
             )
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            tag = type(msg).__struct_config__.tag if isinstance(msg, msgspec.Struct) else type(msg).__name__
-            raise DeadlineExceeded(f"{to} did not answer {tag!r} within {timeout:g} s") from None
-        finally:
-            self._pending.pop(corr, None)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    def _asked(self, corr: int, deadline: asyncio.TimerHandle, _future: asyncio.Future[Any]) -> None:
+        deadline.cancel()
+        self._pending.pop(corr, None)
 
     def reply(self, req: Request, result: Any) -> None:
         self.send(req.reply_to, Envelope(Kind.REPLY, self.name, req.envelope.corr, body=encode_body(result)))
@@ -202,11 +231,8 @@ class Mailbox:
         if not self.closed:
             if self._sync is None:
                 self._sync = zmq.Socket.shadow(self._sock.underlying)
-            while True:
-                try:
-                    earlier_reply_to, raw = self._sync.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            while self._sync.getsockopt(_EVENTS) & _POLLIN:  # cheaper than a receive that fails
+                earlier_reply_to, raw = self._sync.recv_multipart(zmq.NOBLOCK)
                 self._incoming(earlier_reply_to, decode_envelope(raw))
         self._incoming(reply_to, env)
 

@@ -629,24 +629,33 @@ class SQLiteStore:
         *,
         checkpoint: bool = False,
     ) -> list[tuple[Any, BaseException | None]]:
-        """Run writes in one transaction, each in its own savepoint (a failing one is undone alone), and
-        commit; (value, error) of each. `checkpoint`: the commit may checkpoint the WAL."""
+        """Run writes in one transaction, each of several in its own savepoint (a failing one is undone
+        alone), and commit; (value, error) of each. `checkpoint`: the commit may checkpoint the WAL."""
         results: list[tuple[Any, BaseException | None]] = []
         try:
             if checkpoint:
                 conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             conn.execute("BEGIN IMMEDIATE")
-            for fn in fns:
-                conn.execute("SAVEPOINT w")
+            if len(fns) == 1:  # alone in its transaction: no savepoint needed to fail alone
                 try:
-                    results.append((fn(conn), None))
-                    conn.execute("RELEASE w")
-                except _WRITE_ERRORS as exc:  # this write fails alone: the writer goes on
-                    conn.execute("ROLLBACK TO w")
-                    conn.execute("RELEASE w")
+                    results.append((fns[0](conn), None))
+                except _WRITE_ERRORS as exc:
+                    conn.execute("ROLLBACK")
                     self._forget_value_sets()
                     results.append((None, _write_error(exc)))
-            conn.execute("COMMIT")
+            else:
+                for fn in fns:
+                    conn.execute("SAVEPOINT w")
+                    try:
+                        results.append((fn(conn), None))
+                        conn.execute("RELEASE w")
+                    except _WRITE_ERRORS as exc:  # this write fails alone: the writer goes on
+                        conn.execute("ROLLBACK TO w")
+                        conn.execute("RELEASE w")
+                        self._forget_value_sets()
+                        results.append((None, _write_error(exc)))
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:  # the commit failed (disk full, corrupt file): nothing was written
             self._forget_value_sets()
             results = [(None, self._storage_error(exc)) for _ in fns]
