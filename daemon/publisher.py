@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -25,6 +27,19 @@ __all__ = ["Publisher"]
 
 Listener = Callable[[str, Any], None]
 
+_SNAPSHOT_INTERVAL = 0.01
+"""Least time (s) between two publications of a coalesced topic on the socket."""
+
+
+@dataclass(slots=True)
+class _Snapshots:
+    """The wire side of a coalesced topic: the latest message not sent yet, and when the last one went."""
+
+    latest: Any = None
+    sent_at: float = -_SNAPSHOT_INTERVAL
+    scheduled: bool = False
+    seq: int = 0
+
 
 class Publisher:
     """Publishes `[topic, payload]` frames; `payload` is JSON (bluesky-queueserver's default) or msgpack."""
@@ -34,10 +49,17 @@ class Publisher:
         self._encode = (json_encoder() if encoding == Encoding.JSON else msgpack_encoder()).encode
         self._seq: dict[str, int] = {}
         self._listeners: list[tuple[str, Listener]] = []
+        self._coalesced: dict[str, _Snapshots] = {}
 
     def add_listener(self, prefix: str, listener: Listener) -> None:
         """Call `listener(topic, message)` in-process for every message whose topic starts with `prefix`."""
         self._listeners.append((prefix, listener))
+
+    def coalesce(self, topic: str) -> None:
+        """Declare `topic` a stream of state snapshots (each one replaces the previous): in-process listeners
+        still get every one at once, subscribers get the latest at most every 10 ms and always the last one.
+        A burst of thousands of changes (queued items) is then not thousands of messages on the socket."""
+        self._coalesced.setdefault(topic, _Snapshots())
 
     def next_seq(self, topic: str) -> int:
         seq = self._seq.get(topic, 0) + 1
@@ -76,6 +98,36 @@ class Publisher:
         for prefix, listener in self._listeners:
             if topic.startswith(prefix):
                 listener(topic, message)
+        snapshots = self._coalesced.get(topic)
+        if snapshots is not None:
+            self._send_latest(topic, snapshots, message)
+        else:
+            self._send_now(topic, message)
+
+    def _send_latest(self, topic: str, snapshots: _Snapshots, message: Any) -> None:
+        snapshots.latest = message
+        if snapshots.scheduled:
+            return
+        wait = snapshots.sent_at + _SNAPSHOT_INTERVAL - time.monotonic()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            wait = 0.0  # no loop to wait with: send at once
+        if wait <= 0:
+            self._flush(topic, snapshots)
+        else:
+            snapshots.scheduled = True
+            loop.call_later(wait, self._flush, topic, snapshots)
+
+    def _flush(self, topic: str, snapshots: _Snapshots) -> None:
+        message, snapshots.latest, snapshots.scheduled = snapshots.latest, None, False
+        snapshots.sent_at = time.monotonic()
+        snapshots.seq += 1  # subscribers see consecutive numbers: skipped snapshots are not losses
+        if isinstance(message, EventMessage):
+            message = msgspec.structs.replace(message, seq=snapshots.seq)
+        self._send_now(topic, message)
+
+    def _send_now(self, topic: str, message: Any) -> None:
         if self._sock is not None:
             try:
                 self._sock.send_multipart([topic.encode(), self._encode(message)], zmq.NOBLOCK)

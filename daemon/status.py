@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from stationd.protocol.pubsub import EventMessage
+from stationd.protocol.pubsub import EventMessage, event_topic
 from stationd.protocol.queue import QueueStatus
 from stationd.protocol.supervision import ActorInfo
 from stationd.protocol.system import Status
@@ -42,6 +42,7 @@ class StatusBoard:
         self.daemon_state = "starting"
         self.status_uid = str(uuid.uuid4())
         publisher.add_listener("event.", self._on_event)
+        publisher.coalesce(event_topic(QUEUE_MANAGER, "status"))  # `status` and QS_Info carry it to clients
 
     def set_daemon_state(self, state: str) -> None:
         self.daemon_state = state
