@@ -28,7 +28,8 @@ and redis-server with apt-get when it is not on PATH (root). Redis runs on a fre
 Takes under a minute (the first run adds the installs).
 
 Run: make bench-queue   or   .venv/bin/python bench/queue_manager.py [--plans 200] [--incumbent-plans 20]
-     [--skip-incumbent]   (the last output line is one JSON object with every figure)
+     [--skip-incumbent] [--worker-cpu-policy idle]   (the last output line is one JSON object with every
+     figure; with idle, the worker runs under SCHED_IDLE: see worker_cpu_policy in the README)
 """
 
 from __future__ import annotations
@@ -330,13 +331,14 @@ def _running(pid: int, started: str) -> bool:
 class Stationd(System):
     name = "stationd"
 
-    def __init__(self, tmp: Path, profile: Path) -> None:
+    def __init__(self, tmp: Path, profile: Path, worker_cpu_policy: str = "normal") -> None:
         super().__init__(tmp)
         self.config = tmp / "stationd.toml"
         self.config.write_text(
             "[queue_manager]\n"
             f"startup_dir = {json.dumps(str(profile))}\n"
             f"user_group_permissions = {json.dumps(str(profile / 'user_group_permissions.yaml'))}\n"
+            f"worker_cpu_policy = {json.dumps(worker_cpu_policy)}\n"
         )
 
     def command(self) -> tuple[list[str], dict[str, str]]:
@@ -634,6 +636,10 @@ def main() -> None:
     ap.add_argument("--plans", type=int, default=200, help="plans executed on stationd (default 200)")
     ap.add_argument("--incumbent-plans", type=int, default=20, help="plans on the incumbent (default 20)")
     ap.add_argument("--skip-incumbent", action="store_true", help="measure stationd only")
+    ap.add_argument(
+        "--worker-cpu-policy", choices=["normal", "idle"], default="normal",
+        help="stationd's [queue_manager] worker_cpu_policy (default normal)",
+    )  # fmt: skip
     args = ap.parse_args()
 
     bin_dir = redis_exe = None
@@ -644,6 +650,7 @@ def main() -> None:
     res: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {
         "plan": "count([det1], num=1)",
+        "worker_cpu_policy": args.worker_cpu_policy,
         "profile": "ophyd.sim det, det1, det2, motor, motor1, motor2; bluesky.plans; RunEngine without BEC",
         "notes": [
             f"plans executed: {args.plans} on stationd, {args.incumbent_plans} on the incumbent (it "
@@ -661,7 +668,7 @@ def main() -> None:
     try:
         profile = write_profile(tmp)
         print("stationd:", flush=True)
-        system: System = Stationd(tmp, profile)
+        system: System = Stationd(tmp, profile, args.worker_cpu_policy)
         try:
             res["stationd"] = measure(system, zctx, args.plans)
         finally:

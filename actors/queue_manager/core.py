@@ -8,7 +8,7 @@ import os
 import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -55,6 +55,15 @@ class QueueManagerOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
         bool, Meta(description="Start a worker ahead, so that environment_open only runs the profile.")
     ] = True
     worker_log_level: Annotated[str | None, Meta(description="Log level of the worker process.")] = None
+    worker_cpu_policy: Annotated[
+        Literal["normal", "idle"],
+        Meta(
+            description='How the worker process shares the CPU. "idle" (Linux SCHED_IDLE): it gives way at '
+            "once to the daemon and every other process, which keeps `status` and the other requests fast "
+            "while plans run back to back on a small machine, but starves plans while other work keeps "
+            'every core busy. "normal": as any process.'
+        ),
+    ] = "normal"
 
 
 class Crash(msgspec.Struct, frozen=True, tag="_qm_crash"):

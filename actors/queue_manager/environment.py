@@ -123,6 +123,7 @@ class EnvironmentHandlers(ExecutionHandlers):
             startup_script=o.startup_script,
             startup_module=o.startup_module,
             device_max_depth=o.device_max_depth,
+            cpu_policy=o.worker_cpu_policy,
         )
         try:
             info = await self.ctx.ask(w.RE_WORKER, request, timeout=o.environment_open_timeout)

@@ -52,7 +52,7 @@ from stationd.protocol.worker import (
 
 from .console import ConsoleCapture
 from .documents import DocumentSender
-from .threads import run_in_thread
+from .threads import run_in_thread, set_cpu_policy
 from .values import json_safe, wire_safe
 
 if TYPE_CHECKING:
@@ -185,6 +185,7 @@ class RunEngineWorker(Actor):
 
         if self._env is not None:
             raise InvalidState("The RE Worker environment is already open")
+        set_cpu_policy(msg.cpu_policy)  # before the startup code: the threads it starts inherit the policy
         # The startup code may take seconds: in a thread, so that the loop keeps heartbeating.
         env = await run_in_thread(partial(open_environment, msg), name="re-open-environment")
         self._env = env

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["run_in_thread"]
+__all__ = ["run_in_thread", "set_cpu_policy"]
 
 T = TypeVar("T")
 
@@ -48,3 +49,24 @@ def run_in_thread(fn: Callable[[], T], *, name: str) -> asyncio.Future[T]:
 
     threading.Thread(target=body, name=name, daemon=True).start()
     return future
+
+
+def set_cpu_policy(policy: str) -> None:
+    """Put every thread of this process under the CPU scheduling `policy` ("normal" or "idle"); threads
+    started afterwards inherit it from the thread that starts them.
+
+    "idle" is Linux's SCHED_IDLE: the kernel preempts such a thread as soon as any other wants the CPU. A
+    higher nice value does not do that on current kernels (a woken thread may wait for the next tick, 4 ms at
+    250 Hz, behind a busy thread). Measured on the 2-core CI machine, an idle daemon's `status` p99 beside a
+    process busy 4 ms in every 5: 2.2-2.7 ms at nice 0, 1.2-3.3 ms at nice 19, 0.37-0.39 ms under
+    SCHED_IDLE; while the queue runs 130 plans/s: ~2.5 ms normal, ~1.5 ms idle.
+    """
+    if policy == "normal":
+        return
+    if policy != "idle":
+        raise ValueError(f"unknown CPU policy {policy!r}")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+        except ProcessLookupError:
+            pass  # the thread ended meanwhile

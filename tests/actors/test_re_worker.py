@@ -3,6 +3,7 @@ drives it: asks answered at once, outcomes told to a stand-in queue manager (who
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -358,3 +359,32 @@ async def test_close_environment_answers_then_the_worker_stops(harness: Harness)
         "root", "child_state", since=since, name=RE_WORKER, state=ActorState.STOPPED
     )
     assert info.last_exit == "stopped"
+
+
+def _policies(pid: int) -> set[int]:
+    """The scheduling policy (field 41 of /proc/<pid>/task/<tid>/stat) of each thread of a process."""
+    found = set()
+    for tid in Path(f"/proc/{pid}/task").iterdir():
+        stat = (tid / "stat").read_text()
+        found.add(int(stat[stat.rindex(")") + 2 :].split()[38]))
+    return found
+
+
+async def test_the_idle_cpu_policy_puts_every_worker_thread_and_the_plan_threads_under_sched_idle(
+    harness: Harness,
+) -> None:
+    pid = harness.runtime.running_pids()[RE_WORKER]
+    assert _policies(pid) == {os.SCHED_OTHER}
+    await open_env(harness, cpu_policy="idle")
+    assert _policies(pid) == {os.SCHED_IDLE}
+    item = plan("count", ["det1"], num=3)
+    since = harness.events.mark()
+    await harness.ask(RE_WORKER, ExecutePlan(item=item))
+    ended = await told(harness, PlanEnded, since=since, item_uid=item["item_uid"])
+    assert ended.result.exit_status == "completed"
+    assert _policies(pid) == {os.SCHED_IDLE}  # the plan's thread inherited it
+
+
+async def test_the_normal_cpu_policy_leaves_the_worker_as_any_process(harness: Harness) -> None:
+    await open_env(harness)
+    assert _policies(harness.runtime.running_pids()[RE_WORKER]) == {os.SCHED_OTHER}
