@@ -110,6 +110,8 @@ class FrontDoor:
         """Take up to `_READ_BATCH` requests, then let other callbacks run; the socket's descriptor is edge-
         triggered, so a batch that may have left requests behind schedules the next one itself."""
         self._read_scheduled = False
+        if self._sock.closed:
+            return  # scheduled before `close`
         need_props = self._curve is not None
         try:
             for _ in range(_READ_BATCH):

@@ -128,7 +128,7 @@ class Publisher:
         self._send_now(topic, message)
 
     def _send_now(self, topic: str, message: Any) -> None:
-        if self._sock is not None:
+        if self._sock is not None and not self._sock.closed:  # closed: the daemon is stopping
             try:
                 self._sock.send_multipart([topic.encode(), self._encode(message)], zmq.NOBLOCK)
             except zmq.Again:
