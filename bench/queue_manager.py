@@ -34,6 +34,7 @@ Run: make bench-queue   or   .venv/bin/python bench/queue_manager.py [--plans 20
 
 from __future__ import annotations
 
+import abc
 import argparse
 import importlib.metadata
 import itertools
@@ -249,7 +250,7 @@ def first_reply(zctx: zmq.Context[Any], addr: str, proc: subprocess.Popen[bytes]
 
 
 # -- the two systems ---------------------------------------------------------------------------------------
-class System:
+class System(abc.ABC):
     """A server under test: its root process, control address, log and the PIDs it ever had."""
 
     name = ""
@@ -263,8 +264,9 @@ class System:
         self.seen: dict[int, str] = {}  # pid: start time, so that a reused PID is never killed
         self.conn: Conn | None = None
 
+    @abc.abstractmethod
     def command(self) -> tuple[list[str], dict[str, str]]:
-        raise NotImplementedError
+        """The command line and environment that launch this system."""
 
     def launch(self, zctx: zmq.Context[Any]) -> float:
         cmd, env = self.command()
