@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from stationd.protocol.envelope import RUNTIME, Envelope, Kind
 from stationd.protocol.errors import ActorStopped, StationError, UnknownActor
 
 from .mailbox import decode_envelope, encode_body, encode_envelope
+from .socket_reader import SocketReader
 
 __all__ = ["Bus"]
 
@@ -27,13 +28,13 @@ class Bus:
 
     def __init__(
         self,
-        zctx: zmq.asyncio.Context,
+        zctx: zmq.Context[Any],
         endpoints: list[str],
         *,
         on_runtime: Callable[[bytes, Envelope], None],
         was_started: Callable[[str], bool],
     ) -> None:
-        self._sock = zctx.socket(zmq.ROUTER)
+        self._sock: zmq.Socket[bytes] = zctx.socket(zmq.ROUTER, socket_class=zmq.Socket)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown recipient -> EHOSTUNREACH, not a silent drop
         self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted process actor takes over its identity
         self._sock.setsockopt(zmq.SNDHWM, 0)
@@ -44,24 +45,31 @@ class Bus:
         self.endpoints = endpoints
         self._on_runtime = on_runtime
         self._was_started = was_started
+        self._reader = SocketReader(self._sock, self._route)
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._route(), name="bus")
+        self.task = asyncio.get_running_loop().create_task(self._reader.serve(), name="bus")
 
-    async def _route(self) -> None:
-        recv, send = self._sock.recv_multipart, self._sock.send_multipart
-        while True:
-            frames = await recv()
-            if len(frames) != 3:
-                continue  # not a mailbox: nothing on the bus sends other shapes
-            sender, recipient, raw = frames
-            if recipient == _RUNTIME:
-                self._on_runtime(sender, decode_envelope(raw))
-                continue
-            fut = send([recipient, sender, raw])
-            if fut.done() and fut.exception() is not None:
-                self._unreachable(sender, recipient.decode(errors="replace"), raw)
+    def _route(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            return  # not a mailbox: nothing on the bus sends other shapes
+        sender, recipient, raw = frames
+        if recipient == _RUNTIME:
+            self._on_runtime(sender, decode_envelope(raw))
+        elif not self._forward([recipient, sender, raw]):
+            self._unreachable(sender, recipient.decode(errors="replace"), raw)
+
+    def _forward(self, frames: list[bytes]) -> bool:
+        """Send without blocking; False when the recipient is not connected (or, never with no high-water
+        mark, its queue is full)."""
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                raise
+            return False
+        return True
 
     def _unreachable(self, sender: bytes, recipient: str, raw: bytes) -> None:
         env = decode_envelope(raw)
@@ -82,8 +90,9 @@ class Bus:
         return self._deliver(to.encode(), env)
 
     def _deliver(self, to: bytes, env: Envelope) -> bool:
-        fut = self._sock.send_multipart([to, _RUNTIME, encode_envelope(env)])
-        return not (fut.done() and fut.exception() is not None)
+        delivered = self._forward([to, _RUNTIME, encode_envelope(env)])
+        self._reader.check()  # sent from outside `_route`: messages that arrived meanwhile must be read
+        return delivered
 
     def close(self) -> None:
         if self.task is not None:

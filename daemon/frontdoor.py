@@ -22,22 +22,18 @@ from stationd.protocol.system import ConfigGetParams, ConfigGetReply, PingParams
 from .mailbox import Mailbox
 from .requests import Codec, RequestDecoder
 from .security import CurveServer, Identity
+from .socket_reader import SocketReader
 from .status import StatusBoard
 
 __all__ = ["FrontDoor"]
-
-_READ_BATCH = 64
-"""Most requests taken from the socket before other callbacks (actors, replies) get a turn."""
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum members cost a lookup per use
 
 
 class FrontDoor:
     """Control socket of the daemon.
 
-    The socket is served from the event loop's reader callback, not through `zmq.asyncio`: requests are
-    taken as soon as the loop sees them, without a future and a task wake-up per message, and a forwarded
-    request is answered from its ask's done-callback rather than by a task of its own (together about a
-    third of a `status` round trip)."""
+    The socket is served from the event loop's reader callback (`SocketReader`), and a forwarded request is
+    answered from its ask's done-callback rather than by a task of its own (together about a third of a
+    `status` round trip)."""
 
     def __init__(
         self,
@@ -61,7 +57,7 @@ class FrontDoor:
         self._log = log
         self._decoder = RequestDecoder(methods, max_request_bytes)
         self._asks: set[asyncio.Future[Any]] = set()
-        self._sock: zmq.Socket[bytes] = zmq.Context.shadow(zctx.underlying).socket(zmq.ROUTER)
+        self._sock: zmq.Socket[bytes] = zctx.socket(zmq.ROUTER, socket_class=zmq.Socket)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
         self._sock.setsockopt(zmq.RCVHWM, 100_000)
@@ -72,16 +68,12 @@ class FrontDoor:
             curve.apply(self._sock)
         self._sock.bind(addr)
         self.addr = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._reader = SocketReader(self._sock, self._on_request, copy=curve is None)
         self.task: asyncio.Task[None] | None = None
         """Runs while the socket is served; ends with the error that stopped it."""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._failed: asyncio.Future[None] | None = None
-        self._read_scheduled = False
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._failed = self._loop.create_future()
-        self.task = self._loop.create_task(self._serve(), name="front_door")
+        self.task = asyncio.get_running_loop().create_task(self._reader.serve(), name="front_door")
 
     async def close(self) -> None:
         if self.task is not None:
@@ -91,43 +83,12 @@ class FrontDoor:
             ask.cancel()
         self._sock.close()
 
-    async def _serve(self) -> None:
-        assert self._loop is not None and self._failed is not None
-        self._loop.add_reader(self._sock.getsockopt(zmq.FD), self._read)
-        try:
-            self._schedule_read()  # requests that came before the reader was added raise no new edge
-            await self._failed
-        finally:
-            self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
-
-    def _schedule_read(self) -> None:
-        if not self._read_scheduled:
-            self._read_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._read)
-
-    def _read(self) -> None:
-        """Take up to `_READ_BATCH` requests, then let other callbacks run; the socket's descriptor is edge-
-        triggered, so a batch that may have left requests behind schedules the next one itself."""
-        self._read_scheduled = False
-        if self._sock.closed:
-            return  # scheduled before `close`
-        need_props = self._curve is not None
-        try:
-            for _ in range(_READ_BATCH):
-                if not self._sock.getsockopt(_EVENTS) & _POLLIN:  # cheaper than a receive that fails
-                    return
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=not need_props)
-                identity = None
-                if need_props:
-                    identity = self._curve.identity(frames[-1].get("User-Id"))  # type: ignore[union-attr]
-                    frames = [f.bytes for f in frames]
-                self._handle(frames[:-1], frames[-1], identity)
-            self._schedule_read()
-        except zmq.ZMQError as exc:  # the socket is unusable: the daemon stops (a vital task ended)
-            assert self._failed is not None
-            if not self._failed.done():
-                self._failed.set_exception(exc)
+    def _on_request(self, frames: list[Any]) -> None:
+        identity = None
+        if self._curve is not None:  # frames are zmq.Frame: the key the client authenticated with
+            identity = self._curve.identity(frames[-1].get("User-Id"))
+            frames = [f.bytes for f in frames]
+        self._handle(frames[:-1], frames[-1], identity)
 
     def _handle(self, prefix: list[bytes], payload: bytes, identity: Identity | None) -> None:
         codec = self._decoder.codec_for(payload)
@@ -187,6 +148,4 @@ class FrontDoor:
     def _send(self, prefix: list[bytes], codec: Codec, reply: Any) -> None:
         # ROUTER never blocks: past a peer's high-water mark (or for a peer gone) the reply is dropped
         self._sock.send_multipart([*prefix, codec.encode(reply)], zmq.NOBLOCK)
-        # a send may take the socket's pending edge: requests that arrived meanwhile must still be read
-        if self._sock.getsockopt(_EVENTS) & _POLLIN:
-            self._schedule_read()
+        self._reader.check()  # requests that arrived meanwhile must still be read

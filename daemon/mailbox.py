@@ -17,7 +17,6 @@ from typing import Any
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from stationd.protocol.codec import msgpack_decoder, msgpack_encoder
 from stationd.protocol.envelope import Envelope, Kind
@@ -31,6 +30,8 @@ from stationd.protocol.errors import (
 )
 from stationd.protocol.runtime import ControlMessage
 
+from .socket_reader import SocketReader
+
 __all__ = ["Mailbox", "Request", "decode_envelope", "encode_envelope"]
 
 _ENCODER = msgpack_encoder()
@@ -38,7 +39,6 @@ _ENVELOPE_DECODER = msgspec.msgpack.Decoder(Envelope)
 _CONTROL_DECODER = msgpack_decoder(ControlMessage)
 _ERROR_DECODER = msgspec.msgpack.Decoder(ErrorInfo)
 _REPLY_DECODERS: dict[Any, msgspec.msgpack.Decoder] = {}
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum members cost a lookup per use
 _LOCAL: dict[bytes, Mailbox] = {}
 """Open mailboxes of this process by identity: a message between two of them skips the sockets and is
 delivered at once, inside `send` (same event loop; deliveries happen in send order, and a receiver only queues
@@ -96,7 +96,7 @@ class Mailbox:
 
     def __init__(
         self,
-        zctx: zmq.asyncio.Context,
+        zctx: zmq.Context[Any],
         bus_addr: str,
         name: str,
         *,
@@ -105,7 +105,7 @@ class Mailbox:
         linger_ms: int = 100,
     ) -> None:
         self.name = name
-        self._sock = zctx.socket(zmq.DEALER)
+        self._sock: zmq.Socket[bytes] = zctx.socket(zmq.DEALER, socket_class=zmq.Socket)
         self._sock.setsockopt(zmq.IDENTITY, name.encode())
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
@@ -117,13 +117,12 @@ class Mailbox:
         self._corr = itertools.count(1)
         self.task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sync: zmq.Socket[Any] | None = None
-        """A blocking view of the socket, to take what is already queued before a local delivery."""
+        self._reader = SocketReader(self._sock, self._received)
         self.closed = False
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.task = self._loop.create_task(self._receive(), name=f"mailbox:{self.name}")
+        self.task = self._loop.create_task(self._reader.serve(), name=f"mailbox:{self.name}")
         _LOCAL[self.name.encode()] = self  # a restarted actor's new mailbox takes over the name
 
     # -- sending -------------------------------------------------------------------------------------------
@@ -136,11 +135,12 @@ class Mailbox:
         if local is not None and local._loop is self._loop:
             local._incoming_local(self.name.encode(), env)
             return
-        fut = self._sock.send_multipart([to, encode_envelope(env)])
-        if fut.done() and fut.exception() is not None:
-            raise InternalError(
-                f"{self.name}: sending to {to.decode(errors='replace')} failed: {fut.exception()}"
-            )
+        try:  # never blocks: no high-water mark, and the bus's pipe exists from `connect` on
+            self._sock.send_multipart([to, encode_envelope(env)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            recipient = to.decode(errors="replace")
+            raise InternalError(f"{self.name}: sending to {recipient} failed: {exc}") from None
+        self._reader.check()  # the send may have taken the signal of messages that arrived meanwhile
 
     def tell(self, to: str, msg: Any, *, user: str = "", user_group: str = "") -> None:
         self.send(to, Envelope(Kind.TELL, self.name, body=encode_body(msg), user=user, user_group=user_group))
@@ -219,21 +219,15 @@ class Mailbox:
                 pending.future.set_exception(type(err)(err.msg))
 
     # -- receiving -----------------------------------------------------------------------------------------
-    async def _receive(self) -> None:
-        recv = self._sock.recv_multipart
-        while True:
-            reply_to, raw = await recv()
-            self._incoming(reply_to, decode_envelope(raw))
+    def _received(self, frames: list[bytes]) -> None:
+        reply_to, raw = frames
+        self._incoming(reply_to, decode_envelope(raw))
 
     def _incoming_local(self, reply_to: bytes, env: Envelope) -> None:
         """An envelope from a mailbox of this process: what the bus delivered before it is handled first
         (e.g. a dead worker's last documents before the queue manager's request to close its runs)."""
         if not self.closed:
-            if self._sync is None:
-                self._sync = zmq.Socket.shadow(self._sock.underlying)
-            while self._sync.getsockopt(_EVENTS) & _POLLIN:  # cheaper than a receive that fails
-                earlier_reply_to, raw = self._sync.recv_multipart(zmq.NOBLOCK)
-                self._incoming(earlier_reply_to, decode_envelope(raw))
+            self._reader.read_now()
         self._incoming(reply_to, env)
 
     def _incoming(self, reply_to: bytes, env: Envelope) -> None:
@@ -269,11 +263,10 @@ class Mailbox:
 
     def drain(self) -> list[Request]:
         """Take the requests that reached the socket but were not received yet (used when stopping)."""
-        sync = zmq.Socket.shadow(self._sock.underlying)
         out: list[Request] = []
         while True:
             try:
-                reply_to, raw = sync.recv_multipart(zmq.NOBLOCK)
+                reply_to, raw = self._sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return out
             env = decode_envelope(raw)

@@ -73,7 +73,7 @@ class _Daemon:
         self.force_requested = asyncio.Event()
         self.exit_code = EXIT_OK
         self.zctx = zmq.asyncio.Context()
-        pub_sock = zmq.Context.shadow(self.zctx.underlying).socket(zmq.PUB)
+        pub_sock = self.zctx.socket(zmq.PUB, socket_class=zmq.Socket)
         pub_sock.setsockopt(zmq.SNDHWM, 100_000)
         pub_sock.setsockopt(zmq.LINGER, 0)
         self.pub_sock = pub_sock
