@@ -7,7 +7,7 @@ mailbox carry all of the daemon's traffic, so this is most of a request's overhe
 - the socket's descriptor (`zmq.FD`) only says that *something changed*: a batch reads until `zmq.EVENTS`
   shows nothing left, and a batch that stopped early schedules the next one itself;
 - any other operation on the socket (a send) may take that signal without reading: the owner calls `check`
-  after sending from outside `on_message`, which schedules a read if messages are waiting.
+  after sending from outside `on_message`, which schedules a read.
 
 Owners create the socket as `zctx.socket(kind, socket_class=zmq.Socket)`: a plain socket on the daemon's
 `zmq.asyncio` context, still closed by the context's `destroy`.
@@ -54,10 +54,10 @@ class SocketReader:
             self._loop.remove_reader(fd)
 
     def check(self) -> None:
-        """After a send outside `on_message`: read soon if messages are waiting (the send may have taken the
-        descriptor's signal)."""
-        if self._loop is not None and not self.sock.closed and self.sock.getsockopt(_EVENTS) & _POLLIN:
-            self._schedule()
+        """After a send outside `on_message`: look for messages in the next loop iteration (the send may
+        have taken the descriptor's signal). Scheduling the look costs less than looking (a `zmq.EVENTS`
+        query is two system calls), and the sends of one iteration share it."""
+        self._schedule()
 
     def read_now(self) -> None:
         """Handle every message already queued on the socket at once (before one that would overtake them)."""
