@@ -120,6 +120,9 @@ class ExecutionHandlers(ManagerCore):
             return
         immediate = is_immediate(self.pq.running_item)
         finished = self.pq.finish_running(msgspec.to_builtins(msg.result), item_uid=msg.item_uid)
+        if self.run_list:  # `re_runs` lists the running plan's runs only (the worker sends no RunsChanged)
+            self.run_list = []
+            self.status.run_list_uid = new_uid()
         self.status.pause_pending = False
         self.status.worker_environment_state = "idle"
         if immediate:

@@ -342,10 +342,10 @@ class RunEngineWorker(Actor):
             f"The plan {plan.name} (item {plan.item_uid}) ended: {result.exit_status}"
             + (f": {result.msg}" if result.msg else "")
         )
-        if not plan.silent:
+        had_runs, self._runs = bool(self._runs), []  # the run list shows the current plan's runs only
+        if not plan.silent:  # (bluesky-queueserver's `re_runs`): the queue manager empties it on PlanEnded
             self.ctx.tell(QUEUE_MANAGER, PlanEnded(item_uid=plan.item_uid, result=result))
-        if self._runs:  # the run list shows the current plan's runs only (bluesky-queueserver's `re_runs`)
-            self._runs = []
+        elif had_runs:
             self.ctx.tell(QUEUE_MANAGER, RunsChanged(run_list=[]))
 
     def _plan_result(

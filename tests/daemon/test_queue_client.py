@@ -64,8 +64,10 @@ def test_a_session_opens_the_environment_runs_plans_and_closes_it(qc: QueueClien
     paused = qc.wait_for_idle_or_paused(timeout=30)
     assert paused["manager_state"] == "paused"
     assert [run["is_open"] for run in qc.re_runs("open")["run_list"]] == [True]
+    runs_uid = qc.status()["run_list_uid"]
     qc.re_abort()
     qc.wait_for_idle(timeout=30)
+    assert qc.re_runs()["run_list"] == [] and qc.status()["run_list_uid"] != runs_uid  # the plan's runs only
     aborted = qc.history_get()["items"][-1]
     assert (aborted["item_uid"], aborted["result"]["exit_status"]) == (slow["item_uid"], "aborted")
     requeued = qc.queue_get()["items"]  # an aborted plan goes back to the front with a new uid
