@@ -153,6 +153,7 @@ class RunEngineWorker(Actor):
         self._shutdown()
 
     def _shutdown(self) -> None:
+        self._documents.flush()
         for job in list(self._jobs):
             job.cancel()  # plan and task threads are daemon threads: they end with the process
         if self._detach_re is not None:
@@ -342,6 +343,7 @@ class RunEngineWorker(Actor):
             f"The plan {plan.name} (item {plan.item_uid}) ended: {result.exit_status}"
             + (f": {result.msg}" if result.msg else "")
         )
+        self._documents.flush()  # the plan's documents reach the store before its end is told
         had_runs, self._runs = bool(self._runs), []  # the run list shows the current plan's runs only
         if not plan.silent:  # (bluesky-queueserver's `re_runs`): the queue manager empties it on PlanEnded
             self.ctx.tell(QUEUE_MANAGER, PlanEnded(item_uid=plan.item_uid, result=result))
