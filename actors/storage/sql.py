@@ -1,11 +1,12 @@
 """Translation of a validated `Query` into SQLite SQL over the layout `SQLiteStore` creates.
 
-Layout per collection `c`: table `c` with `_rid` (row key), `doc` (the record, msgpack), one typed column
-per scalar field (times as integer microseconds, UUIDs as text), one JSON text column per mapping field
-(queried with `json_extract`), and one integer column per array field holding the id of the row's *value
-set*: the distinct values of the array, stored once in `c__<field>__sets(id, key)` with one row per member
-in `c__<field>__members(value, set_id)`. Rows share few value sets (tags, labels), so `overlap` and `contains`
-first find the matching sets in the small members table, then the rows by an index on the set column:
+Layout per collection `c`: table `c` with `_rid` (row key), `doc` (the record, msgpack: the array of its
+values, `_doc_fields` naming their fields, see `sqlite.py`), one typed column per scalar field (times as
+integer microseconds, UUIDs as text), one JSON text column per mapping field (queried with `json_extract`),
+and one integer column per array field holding the id of the row's *value set*: the distinct values of the
+array, stored once in `c__<field>__sets(id, key)` with one row per member in `c__<field>__members(value,
+set_id)`. Rows share few value sets (tags, labels), so `overlap` and `contains` first find the matching sets
+in the small members table, then the rows by an index on the set column:
 one B-tree entry per row instead of one per array item, and counts read from that index alone.
 """
 
@@ -21,6 +22,8 @@ from .query import Filter, Query
 __all__ = ["Select", "column_type", "id_column", "json_path", "members_table", "select", "sets_table"]
 
 SELECT_COUNT = "SELECT count(*) FROM ({})"
+RECORD = "t.doc, t._doc_fields"
+"""What a page selects of a row: its record (see `SQLiteStore` for `_doc_fields`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +31,7 @@ class Select:
     """The statements of one query."""
 
     page: str
-    """Selects `doc` of the page's rows."""
+    """Selects `doc` and `_doc_fields` of the page's rows."""
     page_params: list[Any]
     count: str
     count_params: list[Any]
@@ -164,8 +167,8 @@ def select(coll: Collection, q: Query) -> Select:
         # the page's row keys first (from an index alone, where one covers the filters), then their records:
         # sorting many matches for a small page then moves row keys, not records
         keys = f"SELECT t._rid {ordered} LIMIT ? OFFSET ?"
-        page = f"SELECT t.doc FROM {table} AS t WHERE t._rid IN ({keys}) ORDER BY {', '.join(order)}"
+        page = f"SELECT {RECORD} FROM {table} AS t WHERE t._rid IN ({keys}) ORDER BY {', '.join(order)}"
         page_params += [q.limit if q.limit > 0 else -1, q.offset]
     else:
-        page = f"SELECT t.doc {ordered}"
+        page = f"SELECT {RECORD} {ordered}"
     return Select(page, page_params, count, params, count_after)

@@ -6,6 +6,10 @@ loop) through the same connection: for a few rows, the hop to the writer thread 
 commit itself and wakes two threads. The commit still happens before the call returns (an acknowledged write
 survives kill -9), and it never overtakes a queued write.
 
+Bulk inserts: the writer thread encodes a write's rows (column by column, see `_columns`) before it begins
+the transaction, while a checkpointer thread copies the WAL of the previous one into the file (see
+`_Checkpointer`); writes committed together run without savepoints unless one of them fails.
+
 Counts are cached: a query's count is kept with the collection's change counter and highest row key, and
 while only rows were appended since, the next count of the same query adds what the new rows contribute
 (one index range) instead of counting every match again."""
@@ -14,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import datetime
 import hashlib
+import json
 import operator
 import queue
 import sqlite3
@@ -24,12 +29,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from stationd.protocol.codec import msgpack_decoder, msgpack_encoder
+from stationd.protocol.codec import dec_hook, msgpack_decoder, msgpack_encoder
 from stationd.protocol.errors import Conflict, NotFound, StationError, StorageError
 
 from .collection import Collection
@@ -39,20 +45,25 @@ from .sql import Select, column_type, id_column, members_table, select, sets_tab
 
 __all__ = ["SCHEMA_VERSION", "Op", "SQLiteStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Layout version written to `PRAGMA user_version`; a file with a higher one is refused, never rewritten.
-1 -> 2: array fields moved from per-item side tables `c__<field>(value, rid)` to value sets (migrated)."""
+1 -> 2: array fields moved from per-item side tables `c__<field>(value, rid)` to value sets (migrated).
+2 -> 3: `doc` of a new row is an array of the values, not a map (half the size): column `_doc_fields` names
+the list of fields in `_DOC_FIELDS` (NULL: a map, as older rows keep)."""
+_DOC_FIELDS = "_stationd_doc_fields"
+"""Table (coll, n, names): the field lists of the collections' array docs, as JSON arrays of names. A list
+never changes, a new one is added when the record type's fields do (added, removed, reordered): an array doc
+is read by the list it was written with."""
 APPLICATION_ID = 0x53544E44  # "STND": marks the file as a stationd store
 _MAX_BATCH = 512
 """Most write calls committed in one transaction."""
 _INLINE_RECORDS = 32
 """Most records of a write committed on the caller's thread (a bigger one would hold the event loop)."""
-_INLINE_RUN = 100
-"""Inline commits in a row before a write goes through the writer thread anyway: SQLite's automatic
-checkpoint (it copies the WAL into the database file and syncs it: milliseconds) is enabled only there, so
-that it never runs on the event loop."""
-_CHECKPOINT_PAGES = 1000
-"""WAL size (pages) from which a commit of the writer thread checkpoints (SQLite's default)."""
+_CHECKPOINT_ROWS = 4_000
+"""Rows written (inserted, changed or deleted) since the last checkpoint from which a commit asks for the next
+one: about the 1,000 pages of SQLite's automatic checkpoint, with rows the size of observations."""
+_CHECKPOINT_COMMITS = 250
+"""Commits since the last checkpoint from which one asks for the next (a small one writes a few pages)."""
 _MAX_CACHED = 65_536
 """Most value sets an array field keeps in memory (then the cache starts over)."""
 _CACHED_LEN = 32
@@ -77,6 +88,86 @@ class _Write:
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    prepare: Callable[[], None] | None = None
+    """Python work to do before the transaction (see `_Prepared`)."""
+
+
+class _Prepared:
+    """A write in two steps: `prepare` (Python only: encoding the rows) runs before the writer begins the
+    transaction, while the checkpointer copies the WAL of the previous one; then the write itself (`apply`
+    with what `prepare` returned) runs in the transaction. An error of `prepare` is raised by the write, so
+    that it fails alone, as if raised in the transaction."""
+
+    __slots__ = ("_apply", "_build", "_built", "_error")
+
+    def __init__(self, build: Callable[[], Any], apply: Callable[[sqlite3.Connection, Any], Any]) -> None:
+        self._build, self._apply = build, apply
+        self._built: Any = None
+        self._error: Exception | None = None
+
+    def prepare(self) -> None:
+        try:
+            self._built = self._build()
+        except Exception as exc:  # raised in the transaction, where a write's errors are handled
+            self._error = exc
+
+    def __call__(self, conn: sqlite3.Connection) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._apply(conn, self._built)
+
+
+class _Checkpointer:
+    """Copies the WAL into the database file on a thread and connection of its own (SQLite's automatic
+    checkpoint is off): the copy and its fsyncs, C code that releases the GIL, overlap the writer encoding its
+    next rows instead of lengthening its commits. The WAL starts over only when a write transaction begins
+    after a checkpoint copied all of it, so the writer thread waits for a running one before it begins
+    (`wait`); inline writes on the event loop never wait, they only delay that to the next checkpoint."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self._conn = _connect(path, readonly=False)
+        self._conn.execute(f"PRAGMA synchronous = {synchronous}")  # how a checkpoint syncs the files
+        self._cond = threading.Condition()
+        self._wanted = self._running = self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=f"sqlite-checkpoint-{path.stem}", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        with self._cond:
+            self._wanted = True
+            self._cond.notify_all()
+
+    def wait(self) -> None:
+        """Until no checkpoint is asked for or running (or the thread is gone: it never fails silently, but
+        a writer waiting for nothing would hang every write)."""
+        with self._cond:
+            while (self._wanted or self._running) and self._thread.is_alive():
+                self._cond.wait(timeout=1.0)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._conn.close()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._wanted or self._stopping):
+                    self._cond.wait()
+                if self._stopping:  # the writer's connection checkpoints what is left when it closes
+                    self._wanted = False
+                    self._cond.notify_all()
+                    return
+                self._wanted, self._running = False, True
+            try:
+                with contextlib.suppress(sqlite3.Error):  # busy or failing: the next request tries again
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                with self._cond:
+                    self._running = False
+                    self._cond.notify_all()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +192,24 @@ class _ValueSets:
     indexed: bool
     """Whether rows can be found by their set: only then are sets no row uses any more removed."""
     convert: Callable[[Any], Any]
-    by_array: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    by_array: dict[bytes, int] = field(default_factory=dict)
+    """By the array as it was given, msgpack-encoded (bytes are no objects the garbage collector tracks)."""
     by_key: dict[bytes, int] = field(default_factory=dict)
 
     def forget(self) -> None:
         self.by_array.clear()
         self.by_key.clear()
+
+
+@dataclass(slots=True)
+class _Rows:
+    """Records to insert, as `SQLiteStore._insert_rows` prepared them."""
+
+    records: list[Any]
+    """With their ids."""
+    rids: list[int]
+    columns: list[list[Any]]
+    """See `SQLiteStore._columns` (array fields still encoded arrays)."""
 
 
 @dataclass(slots=True)
@@ -118,6 +221,12 @@ class _Layout:
     insert: str
     update: str
     value_sets: dict[str, _ValueSets]
+    get_id: Callable[[Any], Any]
+    column_values: list[tuple[Callable[[Any], Any], Callable[[list[Any]], list[Any]] | None]]
+    """Per column of `columns`: (record -> raw value, raw values -> SQL values, or None when stored as they
+    are); for array fields, the arrays encoded, which the transaction turns into value set ids."""
+    set_columns: list[tuple[int, _ValueSets]]
+    """(position in `SQLiteStore._columns`, value sets) of the array fields."""
     next_rid: int = 1
     next_id: int = 1
     top_rid: int = 0
@@ -128,11 +237,18 @@ class _Layout:
     changed: bool = False
     encode: Callable[[Any], bytes] = field(default=msgpack_encoder().encode)
     decoder: Any = None
-    values: Callable[[Any], tuple[Any, ...]] = tuple
-    """The record's column values, in `columns` order (raw)."""
-    converters: list[tuple[int, Callable[[Any], Any]]] = field(default_factory=list)
-    """(position in a row, raw value -> SQL value) of the columns that need converting (arrays: their value
-    set's id, which needs the writer thread)."""
+    """Of `doc` maps (layout 2)."""
+    doc_fields: int = 0
+    """The field list of the array docs written (see `_DOC_FIELDS`)."""
+    array_decoders: dict[int, Any] = field(default_factory=dict)
+    """Of `doc` arrays, by field list."""
+
+    def decode(self, doc: bytes, fields: int | None) -> Any:
+        """A stored record, from `doc` and `_doc_fields`."""
+        if fields is None:
+            return self.decoder.decode(doc)
+        values = self.array_decoders[fields].decode(doc)
+        return msgspec.convert(values, self.coll.record, from_attributes=True, dec_hook=_as_decoded)
 
 
 class SQLiteStore:
@@ -155,8 +271,10 @@ class SQLiteStore:
         self._queued = 0
         """Writes handed to the writer thread and not committed yet (under `_lock`): while there are any, a
         new write is queued behind them, never committed inline ahead of them."""
-        self._inline_run = 0
-        """Inline commits since the last write that went through the writer thread (see `_INLINE_RUN`)."""
+        self._checkpointer: _Checkpointer | None = None
+        """Started by the writer thread once the file is known to be a store (see `_Checkpointer`)."""
+        self._since_checkpoint = (0, 0)
+        """(rows written, commits) when a checkpoint was last asked for (rows: `total_changes`)."""
         self._counts: dict[tuple[Any, ...], tuple[int, int, int]] = {}
         """(collection, count SQL, params) -> (count, `changes`, `top_rid`) when counted."""
 
@@ -195,7 +313,11 @@ class SQLiteStore:
     async def insert(self, coll: str, records: Sequence[msgspec.Struct]) -> list[Any]:
         """Insert records (ids assigned where missing); all or none. Raises `Conflict` on a duplicate id."""
         layout = self._layouts[coll]
-        return await self._write(lambda conn: self._insert(conn, layout, records), len(records))
+        write = _Prepared(
+            lambda: self._insert_rows(layout, records),
+            lambda conn, rows: self._write_rows(conn, layout, rows),
+        )
+        return await self._write(write, len(records), write.prepare)
 
     async def update(self, coll: str, records: Sequence[msgspec.Struct]) -> None:
         """Replace existing records by id; all or none. Raises `NotFound` naming a missing id."""
@@ -247,9 +369,9 @@ class SQLiteStore:
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 wanted = ",".join("?" * len(chunk))
-                sql = f'SELECT {key}, doc FROM "{c.name}" WHERE {key} IN ({wanted})'
-                found.update(conn.execute(sql, chunk).fetchall())
-            return [layout.decoder.decode(found[k]) for k in keys if k in found]
+                sql = f'SELECT {key}, doc, _doc_fields FROM "{c.name}" WHERE {key} IN ({wanted})'
+                found.update((k, (doc, n)) for k, doc, n in conn.execute(sql, chunk))
+            return [layout.decode(*found[k]) for k in keys if k in found]
 
         return await self._read(read)
 
@@ -276,7 +398,7 @@ class SQLiteStore:
             count = self._count(conn, layout, sel, changes)
         finally:
             conn.execute("COMMIT")
-        return [layout.decoder.decode(d) for (d,) in docs], count
+        return [layout.decode(doc, n) for doc, n in docs], count
 
     def _count(self, conn: sqlite3.Connection, layout: _Layout, sel: Select, changes: int) -> int:
         """The query's count, from the cache when nothing but appended rows can have changed it."""
@@ -307,11 +429,11 @@ class SQLiteStore:
     # -- internals: layout and schema ------------------------------------------------------------------------
     def _layout(self, coll: Collection) -> _Layout:
         columns = list(coll.fields)
-        names = ", ".join(f'"{n}"' for n in ["_rid", "doc", *columns])
-        insert = f'INSERT INTO "{coll.name}" ({names}) VALUES ({",".join("?" * (len(columns) + 2))})'
+        names = ", ".join(f'"{n}"' for n in ["_rid", "doc", "_doc_fields", *columns])
+        insert = f'INSERT INTO "{coll.name}" ({names}) VALUES ({",".join("?" * (len(columns) + 3))})'
         update = (
             f'UPDATE "{coll.name}" SET '
-            + ", ".join(f'"{n}" = ?' for n in ["doc", *columns])
+            + ", ".join(f'"{n}" = ?' for n in ["doc", "_doc_fields", *columns])
             + " WHERE _rid = ?"
         )
         value_sets = {
@@ -327,47 +449,56 @@ class SQLiteStore:
             )
             for f in coll.array_fields
         }
-        converters = [
-            functools.partial(self._value_set, value_sets[n]) if n in value_sets else column_converter(f.kind)
-            for n, f in coll.fields.items()
-        ]
-        getter = operator.attrgetter(*columns)
         return _Layout(
             coll,
             columns,
             insert,
             update,
             value_sets,
+            operator.attrgetter(coll.id_field),
+            [
+                (operator.attrgetter(n), _array_keys if n in value_sets else _COLUMN_VALUES.get(f.kind))
+                for n, f in coll.fields.items()
+            ],
+            [(columns.index(n) + 2, sets) for n, sets in value_sets.items()],
             decoder=msgpack_decoder(coll.record),
-            values=(lambda r: (getter(r),)) if len(columns) == 1 else getter,
-            converters=[(i + 2, c) for i, c in enumerate(converters) if c is not None],
         )
 
-    def _value_set(self, sets: _ValueSets, array: Sequence[Any]) -> int:
-        """The id of the value set of `array`, created when new (writer thread only)."""
-        items = tuple(array)
-        found = sets.by_array.get(items)
+    def _set_ids(
+        self, conn: sqlite3.Connection, sets: _ValueSets, keys: list[bytes], records: Sequence[Any]
+    ) -> list[int]:
+        """The value set ids of the records' arrays (`keys`: each encoded), new sets created."""
+        ids = list(map(sets.by_array.get, keys))  # mostly found in memory: no Python call per row
+        if None in ids:
+            ids = [
+                self._value_set(conn, sets, k, getattr(r, sets.field)) if i is None else i
+                for i, k, r in zip(ids, keys, records, strict=True)
+            ]
+        return ids
+
+    def _value_set(self, conn: sqlite3.Connection, sets: _ValueSets, key: bytes, items: Sequence[Any]) -> int:
+        """The id of the value set of `items` (`key`: as `by_array` keeps it), created when new."""
+        found = sets.by_array.get(key)
         if found is not None:
             return found
         members = self._members(sets, items)
         # a digest, so that long arrays do not make long keys; 128 bits: no collision in any real store
-        key = hashlib.blake2b(msgspec.msgpack.encode(members), digest_size=16).digest()
-        found = sets.by_key.get(key)
+        digest = hashlib.blake2b(msgspec.msgpack.encode(members), digest_size=16).digest()
+        found = sets.by_key.get(digest)
         if found is None:
-            assert self._conn is not None
-            row = self._conn.execute(sets.find, (key,)).fetchone()
+            row = conn.execute(sets.find, (digest,)).fetchone()
             if row is not None:
                 found = row[0]
             else:
-                found = self._conn.execute(sets.create, (key,)).lastrowid
-                self._conn.executemany(sets.add_member, [(m, found) for m in members])
+                found = conn.execute(sets.create, (digest,)).lastrowid
+                conn.executemany(sets.add_member, [(m, found) for m in members])
             if len(sets.by_key) >= _MAX_CACHED:
                 sets.forget()
-            sets.by_key[key] = found
+            sets.by_key[digest] = found
         if len(items) <= _CACHED_LEN:
             if len(sets.by_array) >= _MAX_CACHED:
                 sets.by_array.clear()
-            sets.by_array[items] = found
+            sets.by_array[key] = found
         return found
 
     @staticmethod
@@ -384,10 +515,10 @@ class SQLiteStore:
             return found
         columns = ", ".join(f'"{vs.field}"' for vs in sets)
         for rid in rids:
-            *ids, doc = conn.execute(
-                f'SELECT {columns}, doc FROM "{layout.coll.name}" WHERE _rid = ?', (rid,)
+            *ids, doc, n = conn.execute(
+                f'SELECT {columns}, doc, _doc_fields FROM "{layout.coll.name}" WHERE _rid = ?', (rid,)
             ).fetchone()
-            record = layout.decoder.decode(doc)
+            record = layout.decode(doc, n)
             for vs, set_id in zip(sets, ids, strict=True):
                 found[vs.field, set_id] = self._members(vs, getattr(record, vs.field))
         return found
@@ -427,8 +558,14 @@ class SQLiteStore:
     def _ensure_tables(self, conn: sqlite3.Connection, layout: _Layout) -> None:
         """Create the collection's tables, or add what a newer record type declares (filled from `doc`)."""
         c = layout.coll
-        conn.execute(f'CREATE TABLE IF NOT EXISTS "{c.name}" (_rid INTEGER PRIMARY KEY, doc BLOB NOT NULL)')
+        conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{c.name}" '
+            "(_rid INTEGER PRIMARY KEY, doc BLOB NOT NULL, _doc_fields INTEGER)"
+        )
         present = {row[1] for row in conn.execute(f'PRAGMA table_info("{c.name}")')}
+        if "_doc_fields" not in present:  # layout 2: every doc is a map
+            conn.execute(f'ALTER TABLE "{c.name}" ADD COLUMN _doc_fields INTEGER')
+        self._doc_fields(conn, layout)
         added = [n for n in layout.columns if n not in present]
         for name in added:
             conn.execute(f'ALTER TABLE "{c.name}" ADD COLUMN "{name}" {column_type(c.fields[name].kind)}')
@@ -460,50 +597,138 @@ class SQLiteStore:
                 f'SELECT coalesce(max("{c.id_field}"), 0) + 1 FROM "{c.name}"'
             ).fetchone()[0]
 
+    def _doc_fields(self, conn: sqlite3.Connection, layout: _Layout) -> None:
+        """The collection's field lists of array docs (see `_DOC_FIELDS`); a new one if its fields changed."""
+        c = layout.coll
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {_DOC_FIELDS} "
+            "(coll TEXT NOT NULL, n INTEGER NOT NULL, names TEXT NOT NULL, PRIMARY KEY (coll, n))"
+        )
+        lists = {
+            n: json.loads(names)
+            for n, names in conn.execute(f"SELECT n, names FROM {_DOC_FIELDS} WHERE coll = ?", (c.name,))
+        }
+        current = list(c.record.__struct_fields__)  # the order of `msgspec.structs.astuple`
+        if not lists or lists[max(lists)] != current:
+            lists[n := max(lists, default=0) + 1] = current
+            conn.execute(f"INSERT INTO {_DOC_FIELDS} VALUES (?, ?, ?)", (c.name, n, json.dumps(current)))
+        layout.doc_fields = max(lists)
+        types = {f.name: f.type for f in msgspec.structs.fields(c.record)}
+        layout.array_decoders = {
+            n: msgpack_decoder(
+                msgspec.defstruct(
+                    f"{c.record.__name__}Doc{n}", [(f, types.get(f, Any)) for f in names], array_like=True
+                )
+            )
+            for n, names in lists.items()
+        }
+
     def _backfill(self, conn: sqlite3.Connection, layout: _Layout, columns: list[str]) -> None:
         c = layout.coll
         sets = ", ".join(f'"{n}" = ?' for n in columns)
-        positions = [layout.columns.index(n) + 2 for n in columns]  # in a row: _rid, doc, columns…
-        for rid, doc in conn.execute(f'SELECT _rid, doc FROM "{c.name}"').fetchall():
-            row = self._row(layout, layout.decoder.decode(doc), rid)
-            conn.execute(f'UPDATE "{c.name}" SET {sets} WHERE _rid = ?', [*(row[i] for i in positions), rid])
+        positions = [layout.columns.index(n) + 2 for n in columns]  # in `_columns`: doc, _doc_fields, …
+        rows = conn.execute(f'SELECT _rid, doc, _doc_fields FROM "{c.name}"').fetchall()
+        for start in range(0, len(rows), 10_000):
+            chunk = rows[start : start + 10_000]
+            values = self._columns(conn, layout, [layout.decode(doc, n) for _, doc, n in chunk])
+            added = [values[i] for i in positions]
+            update = f'UPDATE "{c.name}" SET {sets} WHERE _rid = ?'
+            conn.executemany(update, zip(*added, [rid for rid, _, _ in chunk], strict=True))
 
     # -- internals: writing ----------------------------------------------------------------------------------
-    def _row(self, layout: _Layout, record: Any, rid: int) -> list[Any]:
-        """The SQL values of `record`: rid, doc, then its columns."""
-        row = [rid, layout.encode(record), *layout.values(record)]
-        for i, convert in layout.converters:
-            row[i] = convert(row[i])
-        return row
+    def _columns(
+        self, conn: sqlite3.Connection | None, layout: _Layout, records: Sequence[Any]
+    ) -> list[list[Any]]:
+        """The SQL values of `records` column by column: doc, _doc_fields, then `columns`. Built a column at a
+        time with `map`, so that most values need no Python call of their own and no row is an object the
+        garbage collector tracks. Array fields hold their arrays encoded until `conn` (the writer's
+        connection, in the transaction) turns them into value set ids (`_resolve_sets`)."""
+        # bytearray, not bytes: sqlite3 binds it as it is, where it looks for an adapter of bytes first
+        docs = list(map(bytearray, map(layout.encode, map(msgspec.structs.astuple, records))))
+        out: list[list[Any]] = [docs, [layout.doc_fields] * len(docs)]
+        converted: dict[Any, tuple[list[Any], list[Any]]] = {}  # convert -> (raw values, SQL values)
+        for get, convert in layout.column_values:
+            values = list(map(get, records))
+            if convert is None:
+                out.append(values)
+                continue
+            # the very objects of the previous column converted alike (a new record's created and modified
+            # times) are converted once
+            raw, done = converted.get(convert, ((), ()))
+            if len(raw) != len(values) or not all(map(operator.is_, raw, values)):
+                done = convert(values)
+                converted[convert] = (values, done)
+            out.append(done)
+        return out if conn is None else self._resolve_sets(conn, layout, out, records)
+
+    def _resolve_sets(
+        self, conn: sqlite3.Connection, layout: _Layout, columns: list[list[Any]], records: Sequence[Any]
+    ) -> list[list[Any]]:
+        """`_columns` (of `records`) with the encoded arrays turned into value set ids, as a new list: a write
+        may run again after a rollback (see `_transaction`), from its encoded arrays again."""
+        columns = list(columns)
+        for position, sets in layout.set_columns:
+            columns[position] = self._set_ids(conn, sets, columns[position], records)
+        return columns
 
     def _insert(self, conn: sqlite3.Connection, layout: _Layout, records: Sequence[Any]) -> list[Any]:
+        return self._write_rows(conn, layout, self._insert_rows(layout, records))
+
+    def _insert_rows(self, layout: _Layout, records: Sequence[Any]) -> _Rows:
+        """The records to insert with their ids (assigned where missing), row keys and column values: the
+        Python part of an insert, which needs no connection (the writer thread, or an inline write)."""
         c = layout.coll
-        out, rows = [], []
-        for record in records:
-            if getattr(record, c.id_field) is None:
-                if c.id_kind == "str":
-                    raise Conflict(f"{c.name}: records need an explicit {c.id_field}")
-                new_id: Any = layout.next_id if c.id_kind == "int" else uuid.uuid4()
-                layout.next_id += c.id_kind == "int"
-                record = msgspec.structs.replace(record, **{c.id_field: new_id})
-            elif c.id_kind == "int":
-                layout.next_id = max(layout.next_id, getattr(record, c.id_field) + 1)
-            out.append(record)
-            if c.id_kind == "int":
-                rows.append((getattr(record, c.id_field), record))
-            else:
-                rows.append((layout.next_rid, record))
-                layout.next_rid += 1
-        if rows:
-            layout.changed |= min(rid for rid, _ in rows) <= layout.top_rid
-            layout.top_rid = max(layout.top_rid, max(rid for rid, _ in rows))
+        ids = list(map(layout.get_id, records))
+        if None in ids:
+            records, ids = self._with_new_ids(layout, records, ids)
+        elif c.id_kind == "int" and ids:
+            layout.next_id = max(layout.next_id, max(ids) + 1)
+        if c.id_kind == "int":  # the id is the row key
+            rids = ids
+        else:
+            rids = list(range(layout.next_rid, layout.next_rid + len(ids)))
+            layout.next_rid += len(ids)
+        if rids:
+            layout.changed |= min(rids) <= layout.top_rid
+            layout.top_rid = max(layout.top_rid, max(rids))
+        return _Rows(list(records), rids, self._columns(None, layout, records))
+
+    def _with_new_ids(
+        self, layout: _Layout, records: Sequence[Any], ids: list[Any]
+    ) -> tuple[list[Any], list[Any]]:
+        """(records, ids) with an id assigned where it is missing: integer ones count up from the highest so
+        far (in order: a given one moves the count past it), else a uuid4; string ids must be given."""
+        c = layout.coll
+        if c.id_kind == "str":
+            raise Conflict(f"{c.name}: records need an explicit {c.id_field}")
+        if c.id_kind == "int" and ids.count(None) == len(ids):  # the usual bulk insert: one run of new ids
+            new_ids: list[Any] = list(range(layout.next_id, layout.next_id + len(ids)))
+            layout.next_id += len(ids)
+        else:
+            new_ids = []
+            for given in ids:
+                if given is None:
+                    new_ids.append(layout.next_id if c.id_kind == "int" else uuid.uuid4())
+                    layout.next_id += c.id_kind == "int"
+                else:
+                    new_ids.append(given)
+                    if c.id_kind == "int":
+                        layout.next_id = max(layout.next_id, given + 1)
+        replace, name = msgspec.structs.replace, c.id_field
+        pairs = zip(records, ids, new_ids, strict=True)
+        return [r if old is not None else replace(r, **{name: i}) for r, old, i in pairs], new_ids
+
+    def _write_rows(self, conn: sqlite3.Connection, layout: _Layout, rows: _Rows) -> list[Any]:
+        """Insert what `_insert_rows` built (in the transaction); the records with their ids."""
+        columns = self._resolve_sets(conn, layout, rows.columns, rows.records)
         try:
-            conn.executemany(layout.insert, [self._row(layout, r, rid) for rid, r in rows])
+            conn.executemany(layout.insert, zip(rows.rids, *columns, strict=True))
         except sqlite3.IntegrityError as exc:
+            c = layout.coll
             raise Conflict(
                 f"{c.name}: a record with one of these {c.id_field}s exists already ({exc})"
             ) from None
-        return out
+        return rows.records
 
     def _rids(self, conn: sqlite3.Connection, layout: _Layout, ids: Sequence[Any]) -> dict[Any, int]:
         c = layout.coll
@@ -530,7 +755,8 @@ class SQLiteStore:
         if existing:
             layout.changed = True
             before = self._sets_of(conn, layout, [rid for rid, _ in existing])
-            conn.executemany(layout.update, [[*self._row(layout, r, rid)[1:], rid] for rid, r in existing])
+            columns = self._columns(conn, layout, [r for _, r in existing])
+            conn.executemany(layout.update, zip(*columns, [rid for rid, _ in existing], strict=True))
             self._drop_unused(conn, layout, before)
         new = [r for r in records if getattr(r, c.id_field) not in rids]
         if new:
@@ -548,24 +774,27 @@ class SQLiteStore:
         self._drop_unused(conn, layout, before)
         return len(rids)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any], records: int) -> Any:
-        """Commit `fn`'s writes as one unit (inline: small, writer idle) and return what `fn` returned."""
+    async def _write(
+        self, fn: Callable[[sqlite3.Connection], Any], records: int, prepare: Callable[[], None] | None = None
+    ) -> Any:
+        """Commit `fn`'s writes as one unit (inline: small, writer idle) and return what `fn` returned;
+        `prepare` (see `_Prepared`) runs first, outside the transaction."""
         if self._writer is None:
             raise StorageError(f"{self.path}: the store is closed")
-        if records <= _INLINE_RECORDS and self._inline_run < _INLINE_RUN and self._take_idle_writer():
+        if records <= _INLINE_RECORDS and self._take_idle_writer():
             try:
                 assert self._conn is not None  # set before the first write (`_prepare`) was committed
+                if prepare is not None:
+                    prepare()
                 ((value, error),) = self._transaction(self._conn, [fn])
             finally:
                 self._writing.release()
-            self._inline_run += 1
             if error is not None:
                 raise _caller_error(error)
             return value
-        self._inline_run = 0
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._enqueue(_Write(fn, future, loop))
+        self._enqueue(_Write(fn, future, loop, prepare))
         return await future
 
     def _take_idle_writer(self) -> bool:
@@ -587,15 +816,18 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages of bulk inserts stay in memory
-            conn.execute("PRAGMA wal_autocheckpoint = 0")  # on for the writer thread's commits only
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's thread does it
+            checkpointer = _Checkpointer(self.path, self._synchronous)
         except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
             self._fail_all(StorageError(f"cannot open {self.path}: {exc}"))
             return
         except StorageError as exc:
             conn.close()
             self._fail_all(exc)
             return
-        self._conn = conn
+        self._conn, self._checkpointer = conn, checkpointer
         stop = False
         while not stop:
             batch = [self._writes.get()]
@@ -606,72 +838,95 @@ class SQLiteStore:
                     break
             if None in batch:
                 stop = True
+            for write in batch:
+                if write is not None and write.prepare is not None:
+                    write.prepare()
+            checkpointer.wait()  # so that the WAL can start over (see `_Checkpointer`)
             self._commit(conn, batch)
-        self._conn = None
+        checkpointer.close()  # before the writer's connection: the last one checkpoints and removes the WAL
+        self._conn = self._checkpointer = None
         conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Write | None]) -> None:
-        """Writer thread: commit a batch together, with SQLite's automatic checkpoint (see `_INLINE_RUN`)."""
+        """Writer thread: commit a batch together."""
         writes = [w for w in batch if w is not None]
         results: list[tuple[Any, BaseException | None]] = []
         if writes:
             with self._writing:
-                results = self._transaction(conn, [w.fn for w in writes], checkpoint=True)
+                results = self._transaction(conn, [w.fn for w in writes])
         with self._lock:
             self._queued -= len(batch)
         for write, (value, error) in zip(writes, results, strict=True):
             write.loop.call_soon_threadsafe(_settle, write.future, value, error)
 
     def _transaction(
-        self,
-        conn: sqlite3.Connection,
-        fns: list[Callable[[sqlite3.Connection], Any]],
-        *,
-        checkpoint: bool = False,
+        self, conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
     ) -> list[tuple[Any, BaseException | None]]:
-        """Run writes in one transaction, each of several in its own savepoint (a failing one is undone
-        alone), and commit; (value, error) of each. `checkpoint`: the commit may checkpoint the WAL."""
-        results: list[tuple[Any, BaseException | None]] = []
+        """Run writes in one transaction and commit; (value, error) of each. A failing write fails alone:
+        when one of several fails, the transaction is rolled back and run again with each write in its own
+        savepoint. Not with savepoints from the start: a savepoint makes SQLite copy each page a write changes
+        first, which costs bulk inserts ~7%."""
+        results: list[tuple[Any, BaseException | None]] | None = []
         try:
-            if checkpoint:
-                conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
-            conn.execute("BEGIN IMMEDIATE")
-            if len(fns) == 1:  # alone in its transaction: no savepoint needed to fail alone
-                try:
-                    results.append((fns[0](conn), None))
-                except _WRITE_ERRORS as exc:
-                    conn.execute("ROLLBACK")
-                    self._forget_value_sets()
-                    results.append((None, _write_error(exc)))
-            else:
-                for fn in fns:
-                    conn.execute("SAVEPOINT w")
-                    try:
-                        results.append((fn(conn), None))
-                        conn.execute("RELEASE w")
-                    except _WRITE_ERRORS as exc:  # this write fails alone: the writer goes on
-                        conn.execute("ROLLBACK TO w")
-                        conn.execute("RELEASE w")
-                        self._forget_value_sets()
-                        results.append((None, _write_error(exc)))
+            results = self._run_writes(conn, fns, savepoints=False)
+            if results is None:
+                results = self._run_writes(conn, fns, savepoints=True)
             if conn.in_transaction:
                 conn.execute("COMMIT")
+                self._after_commit(conn)
         except sqlite3.Error as exc:  # the commit failed (disk full, corrupt file): nothing was written
             self._forget_value_sets()
             results = [(None, self._storage_error(exc)) for _ in fns]
         finally:
+            assert results is not None
             if conn.in_transaction:  # the commit failed, or a bug's exception escaped: undo it all
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 self._forget_value_sets()
-            if checkpoint:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("PRAGMA wal_autocheckpoint = 0")
             for layout in self._layouts.values():
                 if layout.changed:
                     layout.changes += 1
                     layout.changed = False
         return results
+
+    def _run_writes(
+        self, conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]], *, savepoints: bool
+    ) -> list[tuple[Any, BaseException | None]] | None:
+        """Begin a transaction and run the writes in it; (value, error) of each. Without `savepoints`, a
+        failing write rolls the transaction back, and None says to run them again with savepoints (unless it
+        was alone: then it failed alone)."""
+        results: list[tuple[Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for fn in fns:
+            if savepoints:
+                conn.execute("SAVEPOINT w")
+            try:
+                results.append((fn(conn), None))
+            except _WRITE_ERRORS as exc:  # this write fails alone: the writer goes on
+                if savepoints:
+                    conn.execute("ROLLBACK TO w")
+                    conn.execute("RELEASE w")
+                elif conn.in_transaction:  # (an I/O error may have rolled it back already)
+                    conn.execute("ROLLBACK")
+                self._forget_value_sets()
+                if not savepoints and len(fns) > 1:
+                    return None
+                results.append((None, _write_error(exc)))
+            else:
+                if savepoints:
+                    conn.execute("RELEASE w")
+        return results
+
+    def _after_commit(self, conn: sqlite3.Connection) -> None:
+        """Ask for a checkpoint once enough was written since the last one (see `_CHECKPOINT_ROWS`)."""
+        rows, commits = self._since_checkpoint
+        rows_now = conn.total_changes
+        if rows_now - rows >= _CHECKPOINT_ROWS or commits + 1 >= _CHECKPOINT_COMMITS:
+            assert self._checkpointer is not None  # started before the first transaction
+            self._checkpointer.request()
+            self._since_checkpoint = (rows_now, 0)
+        else:
+            self._since_checkpoint = (rows, commits + 1)
 
     def _forget_value_sets(self) -> None:
         """After a rollback: value sets created since the last commit are gone, and so must their ids be."""
@@ -714,6 +969,52 @@ class SQLiteStore:
 
 def _same(value: Any) -> Any:
     return value
+
+
+def _as_decoded(type_: Any, value: Any) -> Any:
+    """`dec_hook` of an array doc's values turned into the record: they were decoded already (a numpy array,
+    a complex number)."""
+    return value if isinstance(value, type_) else dec_hook(type_, value)
+
+
+# -- column values: `to_column` over a whole column (see `SQLiteStore._columns`) -------------------------
+def _array_keys(arrays: list[Any]) -> list[bytes]:
+    """Arrays as the keys of `_ValueSets.by_array`."""
+    return list(map(_ENCODE_ARRAY, arrays))
+
+
+def _micros(values: list[Any]) -> list[Any]:
+    """Times as integer microseconds since the epoch (naive ones taken as UTC)."""
+    try:  # aware times, the usual case: no Python call per value
+        return list(map(operator.floordiv, map(operator.sub, values, repeat(_EPOCH)), repeat(_MICROSECOND)))
+    except TypeError:  # None or naive times among them
+        return [to_column(Kind.DATETIME, v) for v in values]
+
+
+def _bools(values: list[Any]) -> list[Any]:
+    """Bools as integers (bound as it is, a bool costs sqlite3 a lookup for an adapter); other values (None)
+    as they are."""
+    if set(map(type, values)) <= {bool}:
+        return list(map(int, values))
+    return values
+
+
+def _json(values: list[Any]) -> list[Any]:
+    if None in values:
+        return [to_column(Kind.JSON, v) for v in values]
+    return list(map(bytes.decode, map(msgspec.json.encode, values)))
+
+
+_COLUMN_VALUES: dict[Kind, Callable[[list[Any]], list[Any]]] = {
+    Kind.DATETIME: _micros,
+    Kind.BOOL: _bools,
+    Kind.UUID: lambda values: [None if v is None else str(v) for v in values],
+    Kind.JSON: _json,
+    Kind.ANY: lambda values: [None if v is None else 1 for v in values],  # only whether it is null is asked
+}
+_ENCODE_ARRAY = msgpack_encoder().encode
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
 
 
 _WRITE_ERRORS = (
