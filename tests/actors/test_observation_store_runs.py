@@ -250,6 +250,19 @@ async def test_documents_sent_again_are_kept_once_and_a_bad_one_does_not_lose_th
     assert {"document_refused", "document_kind_not_stored"} <= logged
 
 
+async def test_a_whole_run_in_one_batch_sent_twice_is_stored_and_announced_once(station: Station) -> None:
+    documents = run(events=2)  # start, descriptor, events and stop together: one transaction on SQLite
+    start_uid = documents[0][1]["uid"]
+    since = station.h.events.mark()
+    station.h.tell(STORE, docs.StoreDocuments(docs=documents))
+    station.h.tell(STORE, docs.StoreDocuments(docs=documents))  # again: every document is stored already
+    got = await get_run(station.h, start_uid)
+    assert (got.start, got.stop) == (documents[0][1], documents[-1][1])
+    assert got.events == by_name(documents, "event")
+    stopped = [m for t, m in station.h.events.items[since:] if t == f"event.{STORE}.run_stopped"]
+    assert [m.data["run_start"] for m in stopped] == [start_uid]
+
+
 async def test_close_open_runs_writes_a_stop_counting_the_stored_events_per_stream(station: Station) -> None:
     open_run = run(scan_id=1, events=3, baseline=True, stop=False)
     closed_run = run(scan_id=2, events=1)
