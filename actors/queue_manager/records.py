@@ -67,6 +67,10 @@ class QueueRecords:
         self.store = SQLiteStore(path, ALL)
         self._history_ids: deque[str] = deque()
         self._next_seq = 1
+        self._queued: set[str] = set()
+        """Uids of the queued items written to the store, so that a new one is inserted without a look for
+        it first (an add is the most frequent write). Kept as the writes are made: a write that failed
+        leaves at worst a uid here that is not stored, which the upsert handles."""
 
     async def open(self) -> None:
         await self.store.open()
@@ -77,7 +81,9 @@ class QueueRecords:
     async def load(self) -> tuple[PlanQueue, dict[str, Any]]:
         """The persisted queue (mode from the settings) and the settings by key."""
         settings = await self.load_settings()
-        entries = [QueueEntry(r.item, r.order) for r in await self._all(QUEUE)]
+        rows = await self._all(QUEUE)
+        self._queued = {r.item_uid for r in rows}
+        entries = [QueueEntry(r.item, r.order) for r in rows]
         running = await self.store.get(RUNNING.name, _RUNNING_KEY)
         history = sorted(await self._all(HISTORY), key=lambda h: h.entry_id)
         self._history_ids = deque(h.entry_id for h in history)
@@ -102,14 +108,15 @@ class QueueRecords:
         ops: list[Op] = []
         if changes.queue_removed:
             ops.append(Op("delete", QUEUE.name, list(changes.queue_removed)))
+            self._queued.difference_update(changes.queue_removed)
         if changes.queue_upserted:
-            ops.append(
-                Op(
-                    "upsert",
-                    QUEUE.name,
-                    [QueuedItem(item_uid=e.uid, order=e.order, item=e.item) for e in changes.queue_upserted],
-                )
-            )
+            stored = [e for e in changes.queue_upserted if e.uid in self._queued]
+            new = [e for e in changes.queue_upserted if e.uid not in self._queued]
+            if stored:
+                ops.append(Op("upsert", QUEUE.name, [_queued_item(e) for e in stored]))
+            if new:
+                ops.append(Op("insert", QUEUE.name, [_queued_item(e) for e in new]))
+                self._queued.update(e.uid for e in new)
         if changes.running_changed:
             if changes.running_item is None:
                 ops.append(Op("delete", RUNNING.name, [_RUNNING_KEY]))
@@ -148,3 +155,7 @@ class QueueRecords:
     async def _all(self, coll: Collection) -> list[Any]:
         items, _ = await self.store.query(coll.name, parse_query(coll, {"limit": 0}))
         return items
+
+
+def _queued_item(entry: QueueEntry) -> QueuedItem:
+    return QueuedItem(item_uid=entry.uid, order=entry.order, item=entry.item)
