@@ -197,7 +197,10 @@ async def test_queued_writes_committed_together_fail_alone(tmp_path: Path) -> No
                 asyncio.ensure_future(s.insert("recs", [*batch("b", "new-b"), rec("dup", rec_id=1000)])),
                 asyncio.ensure_future(s.insert("recs", batch("c", "new-a"))),
             ]
-            await asyncio.sleep(0.1)
+            # each task queues its write in its first step, which runs before a callback scheduled after it
+            queued = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(queued.set_result, None)
+            await queued
         a, b, c = await asyncio.gather(*writes, return_exceptions=True)
         assert isinstance(b, Conflict)
         assert [r.name for r in a] == [f"a{i}" for i in range(big)]
