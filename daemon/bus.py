@@ -1,4 +1,5 @@
-"""The bus: one ROUTER that forwards envelopes between actor mailboxes without decoding them.
+"""The bus: one ROUTER that forwards envelopes between actor mailboxes without decoding them (an envelope for
+a mailbox of the bus's own process and loop is handed to it directly).
 
 A message addressed to an actor that is not connected gets an immediate typed error back (for asks), so a dead
 recipient never makes an asker wait for its deadline.
@@ -15,7 +16,7 @@ import zmq
 from stationd.protocol.envelope import RUNTIME, Envelope, Kind
 from stationd.protocol.errors import ActorStopped, StationError, UnknownActor
 
-from .mailbox import decode_envelope, encode_body, encode_envelope
+from .mailbox import decode_envelope, encode_body, encode_envelope, local_mailbox
 from .socket_reader import SocketReader
 
 __all__ = ["Bus"]
@@ -57,6 +58,8 @@ class Bus:
         sender, recipient, raw = frames
         if recipient == _RUNTIME:
             self._on_runtime(sender, decode_envelope(raw))
+        elif (mailbox := local_mailbox(recipient)) is not None:
+            mailbox.deliver(sender, raw)
         elif not self._forward([recipient, sender, raw]):
             self._unreachable(sender, recipient.decode(errors="replace"), raw)
 

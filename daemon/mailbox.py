@@ -32,7 +32,7 @@ from stationd.protocol.runtime import ControlMessage
 
 from .socket_reader import SocketReader
 
-__all__ = ["Mailbox", "Request", "decode_envelope", "encode_envelope"]
+__all__ = ["Mailbox", "Request", "decode_envelope", "encode_envelope", "local_mailbox"]
 
 _ENCODER = msgpack_encoder()
 _ENVELOPE_DECODER = msgspec.msgpack.Decoder(Envelope)
@@ -44,6 +44,14 @@ _LOCAL: dict[bytes, Mailbox] = {}
 delivered at once, inside `send` (same event loop; deliveries happen in send order, and a receiver only queues
 a request or resolves a future, so nothing runs re-entrantly), which cuts a request's latency by more than
 half."""
+
+
+def local_mailbox(identity: bytes) -> Mailbox | None:
+    """The open mailbox of this process and event loop with this identity (see `_LOCAL`), if any."""
+    mailbox = _LOCAL.get(identity)
+    if mailbox is None or mailbox._loop is not asyncio.get_running_loop():
+        return None
+    return mailbox
 
 
 def encode_envelope(env: Envelope) -> bytes:
@@ -222,6 +230,11 @@ class Mailbox:
     def _received(self, frames: list[bytes]) -> None:
         reply_to, raw = frames
         self._incoming(reply_to, decode_envelope(raw))
+
+    def deliver(self, sender: bytes, raw: bytes) -> None:
+        """An envelope the bus of this process routed here: handed over at once instead of being sent on
+        (a send and a receive on inproc sockets, and a loop pass, per message from a child process)."""
+        self._incoming_local(sender, decode_envelope(raw))
 
     def _incoming_local(self, reply_to: bytes, env: Envelope) -> None:
         """An envelope from a mailbox of this process: what the bus delivered before it is handled first

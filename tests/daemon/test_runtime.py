@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
+import msgspec
 import pytest
+import zmq
 
 from stationd.actors.specs import ActorSpec
+from stationd.daemon.mailbox import decode_envelope, encode_body, encode_envelope
+from stationd.protocol.envelope import Envelope, Kind
 from stationd.protocol.errors import (
     ActorFailed,
     ActorStopped,
@@ -161,3 +166,29 @@ async def test_an_actor_class_that_cannot_be_loaded_fails_the_start_with_the_rea
 async def test_invalid_actor_options_fail_the_start_naming_the_option(harness: Harness) -> None:
     with pytest.raises(ActorFailed, match="unknown field `colour`"):
         await harness.start_tree(probe(options={"colour": "red"}))
+
+
+async def test_messages_from_another_process_reach_an_inproc_actor_in_order_and_its_reply_goes_back(
+    harness: Harness,
+) -> None:
+    """What a child process sends an in-process actor goes through the bus, which hands it over directly."""
+    await harness.start_tree(probe("near"))
+    since = harness.events.mark()
+    outsider = harness.runtime.zctx.socket(zmq.DEALER)  # as a child process's mailbox: ipc, own identity
+    outsider.setsockopt(zmq.IDENTITY, b"outsider")
+    outsider.setsockopt(zmq.LINGER, 0)
+    outsider.connect(harness.runtime.bus.endpoints[1])
+    try:
+        for i in range(20):
+            tell = Envelope(Kind.TELL, "outsider", body=encode_body(Announce(f"n{i}")))
+            await outsider.send_multipart([b"near", encode_envelope(tell)])
+        ask = Envelope(Kind.ASK, "outsider", 7, time.time() + 5, encode_body(Echo("last")))
+        await outsider.send_multipart([b"near", encode_envelope(ask)])
+        sender, raw = await asyncio.wait_for(outsider.recv_multipart(), 5)
+    finally:
+        outsider.close()
+    reply = decode_envelope(raw)
+    assert (sender, reply.kind, reply.corr) == (b"near", Kind.REPLY, 7)
+    assert msgspec.msgpack.decode(reply.body, type=Echoed) == Echoed("last", os.getpid(), "near")
+    assert since < harness.events.mark()
+    assert [e["text"] for e in harness.events.named("near", "announced")] == [f"n{i}" for i in range(20)]
