@@ -20,18 +20,20 @@ envelope). Figures per system, with ratios (> 1: stationd better), and stationd'
 8. `status` RTT while plans run (stationd p99 <= 1 ms): 1,000 requests, one every 5 ms, while the queue
    executes the same plan back to back (queued for the whole window at the rate of 7); a p99 over fewer
    samples would be the worst two or three of them.
-9. for reference: the same plan in a bare in-process RunEngine of the same profile (ms per plan).
+9. the same while ~1 s plans run back to back (`count([det1], num=10, delay=0.1)`, the RunEngine mostly
+   waiting, as with real exposures): the equal-load comparison of the two systems.
+10. for reference: the same plan in a bare in-process RunEngine of the same profile (ms per plan).
 
 The incumbent's server runs from its own .bench-venv/, never from stationd's .venv (where bluesky-queueserver
 is only a library for profile_ops): the first run installs there, for this benchmark only,
 bluesky-queueserver==0.0.25, matplotlib which it imports, and bluesky/ophyd/pyzmq at the versions of .venv;
 and redis-server with apt-get when it is not on PATH (root). Redis runs on a free loopback port with
 --save '' --appendonly no. Every process the script starts is stopped by PID at the end.
-Takes under a minute (the first run adds the installs).
+Takes about a minute (the first run adds the installs).
 
 Run: make bench-queue   or   .venv/bin/python bench/queue_manager.py [--plans 200] [--incumbent-plans 20]
-     [--skip-incumbent] [--worker-cpu-policy idle]   (the last output line is one JSON object with every
-     figure; with idle, the worker runs under SCHED_IDLE: see worker_cpu_policy in the README)
+     [--skip-incumbent] [--worker-cpu-policy auto|normal|idle]   (the last output line is one JSON object
+     with every figure; see worker_cpu_policy in the README)
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ RTT_WARMUP, RTT_N, ADD_WARMUP, ADD_N, BATCH_N = 100, 1_000, 50, 1_000, 1_000
 STATUS_LOAD_N = 1_000
 USER = {"user": "bench", "user_group": "primary"}
 PLAN = {"item_type": "plan", "name": "count", "args": [["det1"]], "kwargs": {"num": 1}}
+EXPOSING_PLAN = {**PLAN, "kwargs": {"num": 10, "delay": 0.1}}
+"""A plan that spends its time as real ones do (exposures, settling): ~1 s, the RunEngine mostly waiting."""
 PROFILE = '''\
 """Benchmark profile (bench/queue_manager.py): simulated devices, standard plans, a RunEngine without
 BestEffortCallback, the same for stationd and bluesky-queueserver."""
@@ -336,7 +340,7 @@ def _running(pid: int, started: str) -> bool:
 class Stationd(System):
     name = "stationd"
 
-    def __init__(self, tmp: Path, profile: Path, worker_cpu_policy: str = "normal") -> None:
+    def __init__(self, tmp: Path, profile: Path, worker_cpu_policy: str = "auto") -> None:
         super().__init__(tmp)
         self.config = tmp / "stationd.toml"
         self.config.write_text(
@@ -508,15 +512,15 @@ def execute(conn: Conn, n: int) -> dict[str, Any]:
             "start_to_start_p50_ms": statistics.median(starts) if starts else None}  # fmt: skip
 
 
-def status_while_running(conn: Conn, plans_per_s: float) -> tuple[float, float]:
-    """(p50, p99 µs) of STATUS_LOAD_N `status` requests, one every POLL_S, while the queue runs plans back
-    to back (enough queued for the whole window at the measured plan rate); then the queue is stopped and
+def status_while_running(conn: Conn, plans_per_s: float, plan: dict[str, Any] = PLAN) -> tuple[float, float]:
+    """(p50, p99 µs) of STATUS_LOAD_N `status` requests, one every POLL_S, while the queue runs `plan` back
+    to back (enough queued for the whole window at `plans_per_s`); then the queue is stopped and
     emptied."""
     conn.ok("history_clear")
     window = STATUS_LOAD_N * (POLL_S + 0.002)
     reserve = int(plans_per_s * window * 1.5) + 10
     for i in range(0, reserve, BATCH_N):
-        conn.ok("queue_item_add_batch", {"items": [PLAN] * min(BATCH_N, reserve - i), **USER})
+        conn.ok("queue_item_add_batch", {"items": [plan] * min(BATCH_N, reserve - i), **USER})
     conn.ok("queue_start")
     rtts: list[float] = []
     while len(rtts) < STATUS_LOAD_N:
@@ -591,6 +595,9 @@ def measure(system: System, zctx: zmq.Context[Any], n_plans: int) -> dict[str, A
     r["status_rtt_running_p50_us"], r["status_rtt_running_p99_us"] = p50, p99
     r["status_samples_running"] = STATUS_LOAD_N
     say(f"status RTT while plans run ({STATUS_LOAD_N} samples) p50 {p50:.0f} µs, p99 {p99:.0f} µs")
+    p50, p99 = status_while_running(conn, 1.0, EXPOSING_PLAN)
+    r["status_rtt_exposing_p50_us"], r["status_rtt_exposing_p99_us"] = p50, p99
+    say(f"status RTT while ~1 s plans run (count num=10 delay=0.1) p50 {p50:.0f} µs, p99 {p99:.0f} µs")
     accepted, r["environment_close_s"] = env_change(conn, "environment_close", False, 60)
     r["environment_close_accept_s"] = accepted
     say(f"environment_close {r['environment_close_s']:.3f} s (accepted after {accepted * 1e3:.1f} ms)")
@@ -626,6 +633,7 @@ def write_profile(tmp: Path) -> Path:
 HIGHER_BETTER = {"queue_item_add_per_s", "queue_item_add_batch_per_s", "plans_per_s"}
 COMPARED = ["launch_to_first_status_s", "environment_open_s", "environment_close_s", "status_rtt_idle_p50_us",
             "status_rtt_idle_p99_us", "status_rtt_running_p50_us", "status_rtt_running_p99_us",
+            "status_rtt_exposing_p50_us", "status_rtt_exposing_p99_us",
             "idle_cpu_percent", "idle_cpu_percent_schedstat", "rss_mb", "queue_item_add_per_s",
             "queue_item_add_rtt_p50_ms", "queue_item_add_rtt_p99_ms", "queue_item_add_batch_per_s",
             "queue_clear_1000_ms", "plans_per_s", "plan_span_p50_ms", "start_to_start_p50_ms",
@@ -670,8 +678,8 @@ def main() -> None:
     ap.add_argument("--incumbent-plans", type=int, default=20, help="plans on the incumbent (default 20)")
     ap.add_argument("--skip-incumbent", action="store_true", help="measure stationd only")
     ap.add_argument(
-        "--worker-cpu-policy", choices=["normal", "idle"], default="normal",
-        help="stationd's [queue_manager] worker_cpu_policy (default normal)",
+        "--worker-cpu-policy", choices=["auto", "normal", "idle"], default="auto",
+        help="stationd's [queue_manager] worker_cpu_policy (default auto, the daemon's default)",
     )  # fmt: skip
     args = ap.parse_args()
 
@@ -694,7 +702,8 @@ def main() -> None:
             "/proc/<pid>/task/*/schedstat, finer; cpu_ms_per_plan from schedstat over the whole execution",
             "incumbent RSS and CPU: watchdog + manager + worker; its Redis is in incumbent_redis_rss_mb",
             "status RTT while running is taken at each system's own plan rate (stationd runs ~70x more "
-            "plans per second, keeping about one core busy), so it is not an equal-load comparison",
+            "plans per second, keeping about one core busy), so it is not an equal-load comparison; "
+            "status_rtt_exposing is: both run the same ~1 s plans (count num=10 delay=0.1) back to back",
         ],
     }
     redis = None

@@ -81,9 +81,10 @@ class OpenEnvironment(_Msg, tag="open_environment"):
     """Initial `RE.md`."""
     device_max_depth: int = 0
     """Depth of the device component trees in the descriptions (0: unlimited)."""
-    cpu_policy: Literal["normal", "idle"] = "normal"
+    cpu_policy: Literal["normal", "idle", "auto"] = "normal"
     """How the worker's threads share the CPU: "idle" (Linux SCHED_IDLE) gives way at once to every other
-    process (the daemon, its clients), at the risk of starving plans on a machine kept busy otherwise."""
+    process (the daemon, its clients), at the risk of starving plans on a machine kept busy otherwise;
+    "auto" is "idle" with a guard that switches to "normal" for a while when the worker is starved."""
     reply_type: ClassVar[type] = EnvironmentInfo
 
 

@@ -56,14 +56,16 @@ class QueueManagerOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     ] = True
     worker_log_level: Annotated[str | None, Meta(description="Log level of the worker process.")] = None
     worker_cpu_policy: Annotated[
-        Literal["normal", "idle"],
+        Literal["auto", "normal", "idle"],
         Meta(
             description='How the worker process shares the CPU. "idle" (Linux SCHED_IDLE): it gives way at '
             "once to the daemon and every other process, which keeps `status` and the other requests fast "
-            "while plans run back to back on a small machine, but starves plans while other work keeps "
-            'every core busy. "normal": as any process.'
+            "while plans run on a small machine, but starves plans while other work keeps every core busy. "
+            '"auto": "idle", switched to "normal" for 30 s whenever the worker waits for a CPU more than '
+            "4/5 of the time it wants one (needs CAP_SYS_NICE or RLIMIT_NICE >= 20 to switch back: "
+            'without, "normal"). "normal": as any process.'
         ),
-    ] = "normal"
+    ] = "auto"
 
 
 class Crash(msgspec.Struct, frozen=True, tag="_qm_crash"):

@@ -51,6 +51,7 @@ from stationd.protocol.worker import (
 )
 
 from .console import ConsoleCapture
+from .cpu_guard import CpuGuard, can_leave_idle
 from .documents import DocumentSender
 from .threads import run_in_thread, set_cpu_policy
 from .values import json_safe, wire_safe
@@ -186,7 +187,7 @@ class RunEngineWorker(Actor):
 
         if self._env is not None:
             raise InvalidState("The RE Worker environment is already open")
-        set_cpu_policy(msg.cpu_policy)  # before the startup code: the threads it starts inherit the policy
+        self._set_cpu_policy(msg.cpu_policy)  # before the startup code: the threads it starts inherit it
         # The startup code may take seconds: in a thread, so that the loop keeps heartbeating.
         env = await run_in_thread(partial(open_environment, msg), name="re-open-environment")
         self._env = env
@@ -196,6 +197,22 @@ class RunEngineWorker(Actor):
             existing_devices=env.descriptions.existing_devices,
             re_state=self._re_state,
         )
+
+    def _set_cpu_policy(self, policy: str) -> None:
+        """`normal` leaves the process as it was started; `idle` and `auto`: see `OpenEnvironment`."""
+        if policy == "idle":
+            set_cpu_policy("idle")
+        elif policy == "auto":
+            if not can_leave_idle():  # under SCHED_IDLE for good, it could starve: the normal policy then
+                self.ctx.log.info("cpu_policy_auto_unavailable", reason="no CAP_SYS_NICE, RLIMIT_NICE < 20")
+                return
+            guard = CpuGuard(self._cpu_policy_changed)
+            guard.start()
+            self._spawn(guard.run())
+
+    def _cpu_policy_changed(self, policy: str, why: str) -> None:
+        self.ctx.log.warning("cpu_policy_changed", policy=policy, reason=why)
+        self.ctx.publish("cpu_policy_changed", {"policy": policy, "reason": why})
 
     def _close(self) -> EnvironmentClosed:
         if self._plan is not None and self._plan.running:

@@ -3,7 +3,9 @@ drives it: asks answered at once, outcomes told to a stand-in queue manager (who
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -382,6 +384,33 @@ async def test_the_idle_cpu_policy_puts_every_worker_thread_and_the_plan_threads
     ended = await told(harness, PlanEnded, since=since, item_uid=item["item_uid"])
     assert ended.result.exit_status == "completed"
     assert _policies(pid) == {os.SCHED_IDLE}  # the plan's thread inherited it
+
+
+async def test_the_auto_cpu_policy_runs_the_worker_idle_and_normal_when_other_work_starves_it(
+    harness: Harness,
+) -> None:
+    pid = harness.runtime.running_pids()[RE_WORKER]
+    await open_env(harness, cpu_policy="auto")
+    assert _policies(pid) == {os.SCHED_IDLE}
+    # Other work keeps every core busy (at the normal policy), and the worker wants a CPU for 0.3 s of its
+    # own time: under SCHED_IDLE it would get next to nothing.
+    hogs = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        since = harness.events.mark()
+        busy = "import time\nt = time.thread_time()\nwhile time.thread_time() - t < 0.3:\n    pass\n"
+        await harness.ask(RE_WORKER, ExecuteTask(task_uid="busy", kind="script", script=busy))
+        changed = await harness.events.wait_event(RE_WORKER, "cpu_policy_changed", since=since, timeout=20)
+        assert changed["policy"] == "normal" and changed["reason"].startswith("waited ")
+        assert _policies(pid) == {os.SCHED_OTHER}
+        ended = await told(harness, TaskEnded, since=since, task_uid="busy", timeout=30)
+        assert ended.result["success"], ended.result
+    finally:
+        for hog in hogs:
+            hog.kill()
+            await hog.wait()
 
 
 async def test_the_normal_cpu_policy_leaves_the_worker_as_any_process(harness: Harness) -> None:
