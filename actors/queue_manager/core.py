@@ -62,7 +62,7 @@ class QueueManagerOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
             "once to the daemon and every other process, which keeps `status` and the other requests fast "
             "while plans run on a small machine, but starves plans while other work keeps every core busy. "
             '"auto": "idle", switched to "normal" for 30 s whenever the worker waits for a CPU more than '
-            "4/5 of the time it wants one (needs CAP_SYS_NICE or RLIMIT_NICE >= 20 to switch back: "
+            "4/5 of the time it wants one for 1 s (needs CAP_SYS_NICE or RLIMIT_NICE >= 20 to switch back: "
             'without, "normal"). "normal": as any process.'
         ),
     ] = "auto"

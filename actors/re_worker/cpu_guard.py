@@ -28,8 +28,11 @@ STARVED = 0.8
 """Share of the time the worker's threads wanted a CPU that they spent waiting for one, above which they are
 starved (they got less than a fifth of what they asked for). Beside the daemon running 130 plans/s on 2
 cores, the idle-policy worker waits ~0.4 of it."""
-MIN_WAIT_S = 0.05
+MIN_WAIT_S = 0.2
 """Waits shorter than this in a period are not starvation, whatever the share (a mostly sleeping worker)."""
+STARVED_PERIODS = 2
+"""Periods in a row the worker must be starved: a burst of other work (a CLI starting, ~0.3 s of CPU) is
+not worth leaving SCHED_IDLE for."""
 _CAP_SYS_NICE = 23
 
 
@@ -60,8 +63,9 @@ def can_leave_idle() -> bool:
 
 
 class CpuGuard:
-    """Runs the worker under SCHED_IDLE and switches it to the normal policy for `hold` seconds whenever one
-    `period` finds it starved (see `STARVED`). `on_change(policy, why)` reports each switch."""
+    """Runs the worker under SCHED_IDLE and switches it to the normal policy for `hold` seconds whenever
+    `STARVED_PERIODS` periods in a row find it starved (see `STARVED`). `on_change(policy, why)` reports each
+    switch."""
 
     def __init__(
         self,
@@ -77,6 +81,8 @@ class CpuGuard:
         self._period, self._hold = period, hold
         self._sample, self._apply, self._clock = sample, apply, clock
         self.policy = "idle"
+        self._starved = 0
+        """Periods in a row found starved."""
         self._normal_until = 0.0
         self._last = sample()
 
@@ -97,14 +103,18 @@ class CpuGuard:
                 return
 
     def check(self) -> None:
-        """One period's look: switch to the normal policy when starved, back to idle after the hold."""
+        """One period's look: switch to the normal policy when starved long enough, back to idle after the
+        hold."""
         run, wait = self._sample()
         ran, waited = run - self._last[0], wait - self._last[1]
         self._last = (run, wait)
         if self.policy == "idle":
-            if waited >= MIN_WAIT_S * 1e9 and waited > STARVED * (ran + waited):
+            starved = waited >= MIN_WAIT_S * 1e9 and waited > STARVED * (ran + waited)
+            self._starved = self._starved + 1 if starved else 0
+            if self._starved >= STARVED_PERIODS:
                 why = f"waited {waited / 1e6:.0f} ms for a CPU while running {ran / 1e6:.0f} ms"
                 self._switch("normal", why)
+                self._starved = 0
                 self._normal_until = self._clock() + self._hold
         elif self._clock() >= self._normal_until:
             self._switch("idle", f"after {self._hold:g} s under the normal policy")

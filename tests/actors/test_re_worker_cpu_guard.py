@@ -48,14 +48,27 @@ def test_a_worker_that_gets_the_cpu_it_wants_stays_under_sched_idle() -> None:
 def test_short_waits_are_not_starvation_whatever_their_share() -> None:
     f = Figures()
     guard = f.guard()
-    f.period(ran_ms=1, waited_ms=40)  # a sleeping worker that waited 40 ms for its 1 ms
-    guard.check()
+    for _ in range(4):
+        f.period(ran_ms=1, waited_ms=150)  # a mostly sleeping worker that waited 150 ms for its 1 ms
+        guard.check()
+    assert guard.policy == "idle" and f.changes == []
+
+
+def test_a_burst_of_other_work_is_not_starvation() -> None:
+    f = Figures()
+    guard = f.guard()
+    for ran, waited in [(10, 450), (300, 20), (10, 450), (300, 20)]:  # starved one period at a time
+        f.period(ran, waited)
+        guard.check()
     assert guard.policy == "idle" and f.changes == []
 
 
 def test_a_starved_worker_goes_under_the_normal_policy_for_the_hold_then_back_to_idle() -> None:
     f = Figures()
     guard = f.guard()
+    f.period(ran_ms=10, waited_ms=480)
+    guard.check()
+    assert guard.policy == "idle"  # one period is not enough
     f.period(ran_ms=20, waited_ms=450)
     guard.check()
     assert guard.policy == "normal" and f.applied == ["idle", "normal"]
