@@ -2,8 +2,8 @@
 a while when other work keeps the cores busy.
 
 Under SCHED_IDLE the worker gives way at once to the daemon and to every client, so `status` and the other
-requests stay fast while plans run (on a 2-core machine with 1 s plans: `status` p99 ~0.6 ms instead of
-~0.9-1.9 ms). Its risk is starvation: while other processes keep every core busy, an idle-policy thread gets
+requests stay fast while plans run (on a 2-core machine with 1 s plans: `status` p99 0.7-0.95 ms instead of
+1.2-2.2 ms). Its risk is starvation: while other processes keep every core busy, an idle-policy thread gets
 almost no CPU. The guard watches how long the worker's threads wait for a CPU against how long they run
 (`/proc/self/task/*/schedstat`) and puts them back under the normal policy when they are starved.
 """
