@@ -66,6 +66,10 @@ class ActorContext(Protocol):
         """Publish a mapping on an arbitrary info-stream topic (a `seq` field is added)."""
         ...
 
+    def publish_topics(self, items: list[tuple[str, Any]]) -> None:
+        """`publish_topic` for each (topic, payload), in order; from a child process in one message."""
+        ...
+
     def stop(self) -> None:
         """Stop this actor after the current message: a normal exit (a `transient` child is not restarted)."""
         ...

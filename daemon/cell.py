@@ -83,6 +83,9 @@ class CellContext:
     def publish_topic(self, topic: str, payload: Any) -> None:
         self._cell.publish_topic(topic, payload)
 
+    def publish_topics(self, items: list[tuple[str, Any]]) -> None:
+        self._cell.publish_topics(items)
+
     def stop(self) -> None:
         self._cell.request_stop()
 
@@ -102,6 +105,7 @@ class ActorCell:
         log_level: str,
         publish_event: Callable[[str, str, Any], None],
         publish_topic: Callable[[str, Any], None],
+        publish_topics: Callable[[list[tuple[str, Any]]], None] | None = None,
         ask_timeout: float = 10.0,
         linger_ms: int = 100,
         context_factory: Callable[[ActorCell], CellContext] | None = None,
@@ -112,6 +116,7 @@ class ActorCell:
         self._before_close = before_close
         self.publish_event = publish_event
         self.publish_topic = publish_topic
+        self.publish_topics = publish_topics or self._publish_each
         self.mailbox = Mailbox(
             zctx, bus_addr, name, on_request=self._enqueue, on_control=self._on_control, linger_ms=linger_ms
         )
@@ -168,6 +173,10 @@ class ActorCell:
             self._killed = ExitReason(f"killed after shutdown timeout {timeout:g} s", False)
             self._task.cancel()
             return await asyncio.shield(self.exit)
+
+    def _publish_each(self, items: list[tuple[str, Any]]) -> None:
+        for topic, payload in items:
+            self.publish_topic(topic, payload)
 
     def set_log_level(self, level: str) -> None:
         self.log = self.ctx.log = logs.actor_logger(self.name, level)

@@ -20,7 +20,7 @@ import zmq.asyncio
 from stationd.actors.specs import ActorSpec
 from stationd.protocol.envelope import RUNTIME
 from stationd.protocol.pubsub import LOG, EventMessage, LogMessage, event_topic
-from stationd.protocol.runtime import ActorExited, Heartbeat, NodeReady, PublishRequest
+from stationd.protocol.runtime import ActorExited, Heartbeat, NodeReady, PublishBatch, PublishRequest
 
 __all__ = ["ChildLaunch", "main"]
 
@@ -77,6 +77,9 @@ async def _run(launch: ChildLaunch, zctx: zmq.asyncio.Context) -> int:
     def publish_topic(topic: str, payload: Any) -> None:
         send(PublishRequest(topic, payload))
 
+    def publish_topics(items: list[tuple[str, Any]]) -> None:
+        send(PublishBatch([PublishRequest(topic, payload) for topic, payload in items]))
+
     def last_words(outcome: ExitReason) -> None:
         send(ActorExited(name, outcome.reason, outcome.abnormal))
 
@@ -92,6 +95,7 @@ async def _run(launch: ChildLaunch, zctx: zmq.asyncio.Context) -> int:
             log_level=launch.log_level,
             publish_event=publish_event,
             publish_topic=publish_topic,
+            publish_topics=publish_topics,
             ask_timeout=launch.ask_timeout,
             linger_ms=2000,
             before_close=last_words,

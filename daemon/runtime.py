@@ -27,6 +27,7 @@ from stationd.protocol.runtime import (
     BusPing,
     Heartbeat,
     NodeReady,
+    PublishBatch,
     PublishRequest,
 )
 from stationd.protocol.supervision import ActorInfo, ActorState, ChildExited
@@ -40,7 +41,9 @@ from .publisher import Publisher
 __all__ = ["Runtime", "RuntimeSettings"]
 
 # with the codec's hooks: what a child publishes may hold numpy arrays (images in bluesky documents)
-_CONTROL_DECODER = msgpack_decoder(Heartbeat | NodeReady | ActorExited | PublishRequest | BusPing)
+_CONTROL_DECODER = msgpack_decoder(
+    Heartbeat | NodeReady | ActorExited | PublishRequest | PublishBatch | BusPing
+)
 
 
 @dataclass(slots=True)
@@ -279,22 +282,30 @@ class Runtime:
                 child = self._process_child(actor)
                 if child is not None:
                     child.last_words(msg)
-            case PublishRequest(topic=topic, payload=payload):
-                # Re-typed here so in-process listeners (the status board) see the same types either way.
-                try:
-                    if topic == LOG:
-                        self.publisher.publish_log(msgspec.convert(payload, LogMessage))
-                    elif topic.startswith(EVENT_PREFIX):
-                        event = msgspec.convert(payload, EventMessage)
-                        self.publisher.publish_event(event.actor, event.name, event.data, at=event.time)
-                    else:
-                        self.publisher.publish_mapping(topic, payload)
-                except msgspec.ValidationError as exc:
-                    self.log.error("bad_publish_request", topic=topic, error=str(exc))
+            case PublishRequest():
+                self._publish(msg)
+            case PublishBatch(items=items):
+                for item in items:
+                    self._publish(item)
             case BusPing(token=token):
                 fut = self._pings.get(token)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
+
+    def _publish(self, req: PublishRequest) -> None:
+        """Publish what a child process asked to (re-typed here, so that in-process listeners such as the
+        status board see the same types either way)."""
+        topic, payload = req.topic, req.payload
+        try:
+            if topic == LOG:
+                self.publisher.publish_log(msgspec.convert(payload, LogMessage))
+            elif topic.startswith(EVENT_PREFIX):
+                event = msgspec.convert(payload, EventMessage)
+                self.publisher.publish_event(event.actor, event.name, event.data, at=event.time)
+            else:
+                self.publisher.publish_mapping(topic, payload)
+        except msgspec.ValidationError as exc:
+            self.log.error("bad_publish_request", topic=topic, error=str(exc))
 
     def _process_child(self, name: str) -> ProcessChild | None:
         running = self._running.get(name)

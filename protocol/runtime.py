@@ -46,6 +46,12 @@ class PublishRequest(msgspec.Struct, frozen=True, tag="publish"):
     payload: Any
 
 
+class PublishBatch(msgspec.Struct, frozen=True, tag="publish_batch"):
+    """Several publications in one message, published in order (a worker's documents of one batch)."""
+
+    items: list[PublishRequest]
+
+
 class StopActor(msgspec.Struct, frozen=True, tag="stop_actor"):
     """Stop gracefully: finish the current message, run `on_stop`, answer queued asks with actor_stopped."""
 
@@ -62,4 +68,6 @@ class BusPing(msgspec.Struct, frozen=True, tag="bus_ping"):
     token: int
 
 
-ControlMessage = Heartbeat | NodeReady | ActorExited | PublishRequest | StopActor | SetLogLevel | BusPing
+ControlMessage = (
+    Heartbeat | NodeReady | ActorExited | PublishRequest | PublishBatch | StopActor | SetLogLevel | BusPing
+)

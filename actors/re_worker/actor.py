@@ -25,7 +25,6 @@ import msgspec
 
 from stationd.actors.base import Actor, ActorContext
 from stationd.protocol.errors import InvalidState
-from stationd.protocol.pubsub import DOC_PREFIX
 from stationd.protocol.worker import (
     QUEUE_MANAGER,
     CloseEnvironment,
@@ -54,7 +53,7 @@ from .console import ConsoleCapture
 from .cpu_guard import CpuGuard, can_leave_idle
 from .documents import DocumentSender
 from .threads import run_in_thread, set_cpu_policy
-from .values import json_safe, wire_safe
+from .values import json_safe
 
 if TYPE_CHECKING:
     from bluesky import RunEngine
@@ -260,13 +259,7 @@ class RunEngineWorker(Actor):
             self.ctx.tell(QUEUE_MANAGER, ReStateChanged(re_state=state))
 
     def _on_document(self, name: str, doc: dict[str, Any]) -> None:
-        topic = f"{DOC_PREFIX}{name}"
-        try:
-            self.ctx.publish_topic(topic, {"name": name, "doc": doc})
-        except (TypeError, NotImplementedError):  # a value the bus codec does not know (user metadata):
-            # send a readable form (the codec's enc_hook raises NotImplementedError, which msgspec passes on)
-            self.ctx.publish_topic(topic, {"name": name, "doc": wire_safe(doc)})
-        self._documents.add(name, doc)  # the observation store keeps them (databroker's layout)
+        self._documents.add(name, doc)  # published, and kept by the observation store (databroker's layout)
         if name == "start":
             scan_id = doc.get("scan_id")
             scan_id = scan_id if isinstance(scan_id, int) and not isinstance(scan_id, bool) else None

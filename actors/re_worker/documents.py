@@ -1,4 +1,5 @@
-"""Hands the RunEngine's documents to the observation store, which stores them (`StoreDocuments` tells)."""
+"""Hands the RunEngine's documents to the info stream (`doc.<name>`) and to the observation store, which
+stores them (`StoreDocuments` tells)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from stationd.actors.base import ActorContext
 from stationd.protocol.documents import StoreDocuments
 from stationd.protocol.errors import StationError
 from stationd.protocol.methods import OBSERVATION_STORE
+from stationd.protocol.pubsub import DOC_PREFIX
 
 from .values import wire_safe
 
@@ -21,15 +23,15 @@ _MAX_BATCH = 1000
 """Most documents in one tell (a fast plan's events arrive by the thousand)."""
 LINGER_S = 0.005
 """How long the first document of a batch waits for the next ones: a fast plan's start, descriptor, events
-and stop then go in one tell (instead of one per loop iteration that saw a document: about three per `count`
-plan), with fewer bus messages and store transactions."""
+and stop then go in one tell and one publication message (instead of one per loop iteration that saw a
+document, and one per document), with fewer bus messages and store transactions."""
 
 
 class DocumentSender:
-    """Tells documents to the observation store in the order they came, in batches: those that arrive within
-    `linger` seconds of the first go in one tell. The actor calls `flush` before telling anything that must
-    come after them (the plan's end) and when it stops. A failure to send is logged, never raised: storing
-    documents must not stop a plan."""
+    """Publishes documents on `doc.<name>` and tells them to the observation store, in the order they came,
+    in batches: those that arrive within `linger` seconds of the first go together. The actor calls `flush`
+    before telling anything that must come after them (the plan's end) and when it stops. A failure to send
+    is logged, never raised: publishing and storing documents must not stop a plan."""
 
     def __init__(self, ctx: ActorContext, *, linger: float = LINGER_S) -> None:
         self._ctx = ctx
@@ -53,6 +55,7 @@ class DocumentSender:
         docs, self._pending = self._pending, []
         if not docs:
             return
+        self._publish(docs)
         try:
             try:
                 self._ctx.tell(OBSERVATION_STORE, StoreDocuments(docs=docs))
@@ -65,3 +68,14 @@ class DocumentSender:
                 documents=len(docs),
                 names=sorted({n for n, _ in docs}),
             )
+
+    def _publish(self, docs: list[tuple[str, dict[str, Any]]]) -> None:
+        try:
+            try:
+                self._ctx.publish_topics([(f"{DOC_PREFIX}{n}", {"name": n, "doc": d}) for n, d in docs])
+            except _UNENCODABLE:  # as in `flush`
+                safe = [(f"{DOC_PREFIX}{n}", {"name": n, "doc": wire_safe(d)}) for n, d in docs]
+                self._ctx.publish_topics(safe)
+        except (StationError, *_UNENCODABLE) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self._ctx.log.error("documents_not_published", error=error, documents=len(docs))

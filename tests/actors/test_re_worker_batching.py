@@ -1,7 +1,7 @@
-"""The worker's DocumentSender: documents that come close together go to the store in one tell, in order,
-and an explicit flush (before the plan's end is told) sends what waits at once. The real worker and store are
-exercised in test_re_worker_documents.py; here a recording context stands in for the actor's, to control
-time (the linger) exactly."""
+"""The worker's DocumentSender: documents that come close together are published in one message and go to
+the store in one tell, in order, and an explicit flush (before the plan's end is told) sends what waits at
+once. The real worker and store are exercised in test_re_worker_documents.py; here a recording context
+stands in for the actor's, to control time (the linger) exactly."""
 
 from __future__ import annotations
 
@@ -16,11 +16,15 @@ from stationd.protocol.methods import OBSERVATION_STORE
 class RecordingContext:
     def __init__(self) -> None:
         self.told: list[tuple[str, Any]] = []
+        self.published: list[list[str]] = []
         self.sent = asyncio.Event()
 
     def tell(self, to: str, msg: Any) -> None:
         self.told.append((to, msg))
         self.sent.set()
+
+    def publish_topics(self, items: list[tuple[str, Any]]) -> None:
+        self.published.append([f"{topic}:{payload['doc']['uid']}" for topic, payload in items])
 
 
 def batches(ctx: RecordingContext) -> list[list[str]]:
@@ -36,6 +40,7 @@ async def test_documents_within_the_linger_go_in_one_tell_after_it() -> None:
     assert ctx.told == []  # waiting for more
     await asyncio.wait_for(ctx.sent.wait(), 5)
     assert batches(ctx) == [["a", "b", "c"]]
+    assert ctx.published == [["doc.event:a", "doc.event:b", "doc.event:c"]]  # in one message, before it
 
 
 async def test_flush_sends_at_once_and_the_timer_then_sends_nothing_more() -> None:

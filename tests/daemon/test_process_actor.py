@@ -11,7 +11,7 @@ import pytest
 from stationd.actors.specs import ActorSpec, Mode
 from stationd.protocol.errors import ActorFailed
 from stationd.protocol.supervision import ActorState, GetTree
-from tests.support.actors import Announce, Crash, Echo, Exit
+from tests.support.actors import Announce, Broadcast, Crash, Echo, Exit
 from tests.support.harness import Harness
 
 PROBE = "tests.support.actors:Probe"
@@ -36,6 +36,18 @@ async def test_events_and_logs_of_a_process_actor_reach_the_info_stream(harness:
     assert event == {"text": "from afar"}
     log = await harness.events.wait_for(lambda t, m: t == "log" and m.event == "announcing", since=since)
     assert log.actor == "worker" and log.fields["text"] == "from afar"
+
+
+async def test_publications_of_a_process_actor_in_one_message_reach_the_info_stream_in_order(
+    harness: Harness,
+) -> None:
+    await harness.start_tree(process_probe())
+    since = harness.events.mark()
+    topics = ["doc.start", "doc.descriptor", "doc.event", "doc.stop"]
+    harness.tell("worker", Broadcast(topics))
+    await harness.events.wait_for(lambda t, m: t == "doc.stop", since=since)
+    published = [(t, m["n"]) for t, m in harness.events.items[since:] if t.startswith("doc.")]
+    assert published == [(t, i) for i, t in enumerate(topics)]
 
 
 async def test_a_process_actor_killed_with_sigkill_is_noticed_and_restarted_within_one_second(

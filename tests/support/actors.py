@@ -64,6 +64,12 @@ class Announce(msgspec.Struct, frozen=True, tag="probe_announce"):
     text: str
 
 
+class Broadcast(msgspec.Struct, frozen=True, tag="probe_broadcast"):
+    """Tell: publish `{"n": i}` on each of the topics, in one `publish_topics` call."""
+
+    topics: list[str]
+
+
 class Later(msgspec.Struct, frozen=True, tag="probe_later"):
     """Ask: a deferred reply, sent when a `Release` tell comes (an error reply when `refuse`)."""
 
@@ -81,7 +87,7 @@ class ProbeOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Probe(Actor):
-    inbox = Echo | Crash | Fail | Refuse | Block | Finish | Exit | Announce | Later | Release
+    inbox = Echo | Crash | Fail | Refuse | Block | Finish | Exit | Announce | Broadcast | Later | Release
     Options = ProbeOptions
 
     def __init__(self, ctx: Any, options: ProbeOptions) -> None:
@@ -116,6 +122,8 @@ class Probe(Actor):
                 return Deferred(self._later(msg))
             case Release():
                 self._released.set()
+            case Broadcast(topics=topics):
+                self.ctx.publish_topics([(topic, {"n": i}) for i, topic in enumerate(topics)])
             case Announce(text=text):
                 self.ctx.publish("announced", {"text": text})
                 self.ctx.log.info("announcing", text=text)
