@@ -8,7 +8,7 @@ thread: the daemon's loop for `inproc` actors, the child process's loop for `pro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -16,7 +16,32 @@ import msgspec
 
 from .specs import ChildSpec
 
-__all__ = ["Actor", "ActorContext", "Deferred", "NoOptions", "SupervisorContext"]
+__all__ = [
+    "Actor",
+    "ActorContext",
+    "Deferred",
+    "NoOptions",
+    "SupervisorContext",
+    "checkpoint",
+    "set_checkpoint",
+]
+
+_checkpoint: Callable[[], None] | None = None
+
+
+def checkpoint() -> None:
+    """A point between two pieces of an actor's work (messages, store transactions) where the runtime may
+    serve what cannot wait: the daemon reads the requests that reached its front door meanwhile (answering
+    `status` at once, queueing the others), so that a long plan-end step does not hold a client up for its
+    whole length. Runs no actor code; a no-op where nothing is set (child processes)."""
+    if _checkpoint is not None:
+        _checkpoint()
+
+
+def set_checkpoint(fn: Callable[[], None] | None) -> None:
+    """What `checkpoint` does in this process (the daemon sets its front door's read; None: nothing)."""
+    global _checkpoint
+    _checkpoint = fn
 
 
 class NoOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

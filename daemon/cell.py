@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import zmq.asyncio
 
-from stationd.actors.base import Actor, Deferred
+from stationd.actors.base import Actor, Deferred, checkpoint
 from stationd.protocol.codec import msgpack_decoder
 from stationd.protocol.envelope import Kind
 from stationd.protocol.errors import ActorFailed, ActorStopped, StationError, UnsupportedMessage
@@ -224,6 +224,7 @@ class ActorCell:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            checkpoint()  # a request that came while the previous message was handled goes first
             await self._dispatch(self._queue.popleft())
 
     async def _dispatch(self, req: Request) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import zmq
 
+from stationd.actors.base import set_checkpoint
 from stationd.protocol.errors import InternalError, StationError
 from stationd.protocol.frontdoor import ErrorReply, error_reply
 from stationd.protocol.methods import FRONT_DOOR, Method
@@ -69,19 +70,39 @@ class FrontDoor:
         self._sock.bind(addr)
         self.addr = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._reader = SocketReader(self._sock, self._on_request, copy=curve is None)
+        self._serving = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[None] | None = None
         """Runs while the socket is served; ends with the error that stopped it."""
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._reader.serve(), name="front_door")
+        self._loop = asyncio.get_running_loop()
+        self.task = self._loop.create_task(self._reader.serve(), name="front_door")
+        set_checkpoint(self._serve_waiting)
 
     async def close(self) -> None:
+        set_checkpoint(None)
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
         for ask in list(self._asks):
             ask.cancel()
         self._sock.close()
+
+    def _serve_waiting(self) -> None:
+        """The actors' `checkpoint`: handle the requests already waiting on the socket now (a local method
+        is answered, a forwarded one queued with its actor), instead of after the rest of the loop pass."""
+        try:
+            if asyncio.get_running_loop() is not self._loop:
+                return  # a store used from another thread or loop: not ours to serve from
+        except RuntimeError:
+            return
+        if not self._serving and not self._sock.closed:
+            self._serving = True
+            try:
+                self._reader.read_now()
+            finally:
+                self._serving = False
 
     def _on_request(self, frames: list[Any]) -> None:
         identity = None

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from stationd.actors.base import checkpoint
 from stationd.protocol.codec import dec_hook, msgpack_decoder, msgpack_encoder
 from stationd.protocol.errors import Conflict, NotFound, StationError, StorageError
 
@@ -781,6 +782,7 @@ class SQLiteStore:
         `prepare` (see `_Prepared`) runs first, outside the transaction."""
         if self._writer is None:
             raise StorageError(f"{self.path}: the store is closed")
+        checkpoint()  # an inline transaction holds the loop: what waits for it goes first
         if records <= _INLINE_RECORDS and self._take_idle_writer():
             try:
                 assert self._conn is not None  # set before the first write (`_prepare`) was committed

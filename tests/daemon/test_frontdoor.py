@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import zmq
 
+from stationd.actors.base import checkpoint
 from stationd.actors.specs import ActorSpec
 from stationd.daemon.frontdoor import FrontDoor
 from stationd.daemon.mailbox import Mailbox
@@ -102,3 +105,24 @@ async def test_the_callers_identity_comes_from_its_curve_key(harness: Harness, t
     finally:
         await door.close()
         auth.stop()
+
+
+async def test_requests_waiting_at_a_checkpoint_are_served_while_a_step_holds_the_loop(front: str) -> None:
+    """An actor's long step (e.g. a plan's end, with store transactions) calls `checkpoint` between its
+    pieces: a `status` that came meanwhile is answered there, not after the step, and a forwarded request is
+    queued with its actor."""
+    client = zmq.Context.instance().socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(front)
+    try:
+        client.send_multipart([b"", b'{"method": "status"}'])
+        # Hold the loop, as a long step does, until the reply is here (the client's socket gets it from the
+        # I/O thread, whatever our loop does); without checkpoints it could only come after the step.
+        deadline = time.monotonic() + 5
+        while not client.poll(0) and time.monotonic() < deadline:
+            checkpoint()
+        assert client.poll(0), "the status request was not answered at a checkpoint"
+        reply = json.loads(client.recv_multipart()[-1])
+        assert reply["success"] is True and "manager_state" in reply
+    finally:
+        client.close()
