@@ -27,7 +27,7 @@ HOLD_S = 30.0
 STARVED = 0.8
 """Share of the time the worker's threads wanted a CPU that they spent waiting for one, above which they are
 starved (they got less than a fifth of what they asked for). Beside the daemon running 130 plans/s on 2
-cores, the idle-policy worker waits ~0.4 of it."""
+cores, the idle-policy worker waits 0.4-0.55 of it."""
 MIN_WAIT_S = 0.2
 """Waits shorter than this in a period are not starvation, whatever the share (a mostly sleeping worker)."""
 STARVED_PERIODS = 2
