@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .busy_poll import BusyPollSelector
     from .config import load_config
     from .serve import serve
 
@@ -72,7 +73,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"stationd: {exc.msg}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(config, reload=load))
+    window = config.runtime.busy_poll
+    loop_factory = (lambda: asyncio.SelectorEventLoop(BusyPollSelector(window))) if window > 0 else None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(config, reload=load))
 
 
 def _protocol_schema(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from stationd.protocol.frontdoor import ErrorReply, error_reply
 from stationd.protocol.methods import FRONT_DOOR, Method
 from stationd.protocol.system import ConfigGetParams, ConfigGetReply, PingParams, StatusParams
 
+from .busy_poll import after_request
 from .mailbox import Mailbox
 from .requests import Codec, RequestDecoder
 from .security import CurveServer, Identity
@@ -105,6 +106,7 @@ class FrontDoor:
                 self._serving = False
 
     def _on_request(self, frames: list[Any]) -> None:
+        after_request()  # the client's next request will likely follow at once: keep the loop awake
         identity = None
         if self._curve is not None:  # frames are zmq.Frame: the key the client authenticated with
             identity = self._curve.identity(frames[-1].get("User-Id"))
