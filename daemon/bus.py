@@ -47,10 +47,12 @@ class Bus:
         self._on_runtime = on_runtime
         self._was_started = was_started
         self._reader = SocketReader(self._sock, self._route)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._reader.serve(), name="bus")
+        self._loop = asyncio.get_running_loop()
+        self.task = self._loop.create_task(self._reader.serve(), name="bus")
 
     def _route(self, frames: list[bytes]) -> None:
         if len(frames) != 3:
@@ -58,7 +60,7 @@ class Bus:
         sender, recipient, raw = frames
         if recipient == _RUNTIME:
             self._on_runtime(sender, decode_envelope(raw))
-        elif (mailbox := local_mailbox(recipient)) is not None:
+        elif (mailbox := local_mailbox(recipient, self._loop)) is not None:
             mailbox.deliver(sender, raw)
         elif not self._forward([recipient, sender, raw]):
             self._unreachable(sender, recipient.decode(errors="replace"), raw)

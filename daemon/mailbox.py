@@ -46,10 +46,10 @@ a request or resolves a future, so nothing runs re-entrantly), which cuts a requ
 half."""
 
 
-def local_mailbox(identity: bytes) -> Mailbox | None:
-    """The open mailbox of this process and event loop with this identity (see `_LOCAL`), if any."""
+def local_mailbox(identity: bytes, loop: asyncio.AbstractEventLoop | None) -> Mailbox | None:
+    """The open mailbox of this process with this identity that runs on `loop` (see `_LOCAL`), if any."""
     mailbox = _LOCAL.get(identity)
-    if mailbox is None or mailbox._loop is not asyncio.get_running_loop():
+    if mailbox is None or mailbox._loop is not loop:
         return None
     return mailbox
 
@@ -139,8 +139,8 @@ class Mailbox:
         if self.closed:
             raise ActorStopped(f"mailbox {self.name!r} is closed")
         to = recipient.encode() if isinstance(recipient, str) else recipient
-        local = _LOCAL.get(to)
-        if local is not None and local._loop is self._loop:
+        local = local_mailbox(to, self._loop)
+        if local is not None:
             local._incoming_local(self.name.encode(), env)
             return
         try:  # never blocks: no high-water mark, and the bus's pipe exists from `connect` on

@@ -271,7 +271,10 @@ class RunEngineWorker(Actor):
             run.is_open, run.exit_status = False, doc.get("exit_status")
         else:
             return
-        self.ctx.tell(QUEUE_MANAGER, RunsChanged(run_list=list(self._runs)))
+        # after the documents: a run the queue manager learns of is in the store (a worker killed meanwhile
+        # leaves it open there, and it is closed as failed); a copy, as the list changes before it is sent
+        changed = RunsChanged(run_list=[msgspec.structs.replace(r) for r in self._runs])
+        self._documents.then(partial(self.ctx.tell, QUEUE_MANAGER, changed))
 
     # -- plans -----------------------------------------------------------------------------------------------
     def _execute_plan(self, item: dict[str, Any]) -> WorkerAck:
@@ -342,6 +345,7 @@ class RunEngineWorker(Actor):
         except Exception as exc:  # the plan boundary: whatever the plan or the RunEngine raised ends the plan
             if str(env.re.state) == "paused":
                 plan.running = False
+                self._documents.flush()  # as before its end: what the plan did so far is told first
                 if not plan.silent:
                     self.ctx.tell(QUEUE_MANAGER, PlanPaused(item_uid=plan.item_uid))
                 return

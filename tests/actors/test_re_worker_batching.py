@@ -64,3 +64,16 @@ async def test_a_full_batch_goes_without_waiting() -> None:
     assert [len(b) for b in batches(ctx)] == [1000]
     sender.flush()
     assert len(ctx.told) == 1  # nothing was left
+
+
+async def test_what_waits_for_the_documents_comes_after_them_or_at_once_when_none_waits() -> None:
+    ctx = RecordingContext()
+    sender = DocumentSender(ctx, linger=60)  # type: ignore[arg-type]
+    order: list[str] = []
+    sender.then(lambda: order.append(f"first, {len(ctx.told)} batches told"))  # none waits: at once
+    sender.add("start", {"uid": "s"})
+    sender.then(lambda: order.append(f"run announced, {len(ctx.told)} batches told"))
+    assert order == ["first, 0 batches told"]  # the start waits for the linger, and so does its announcement
+    sender.flush()
+    assert order == ["first, 0 batches told", "run announced, 1 batches told"]
+    assert ctx.published == [["doc.start:s"]]
