@@ -118,14 +118,16 @@ class Client:
     def send_bytes(self, payload: bytes, *, timeout: float | None = None) -> dict[str, Any]:
         """Send raw request bytes (any encoding, even malformed) and return the decoded reply."""
         corr = next(self._ids).to_bytes(8, "little")
-        self._sock.send_multipart([corr, b"", payload])
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        # the send waits too while the daemon is not reachable (e.g. it refused our CurveZMQ key): not forever
+        if not self._sock.poll(limit * 1000, zmq.POLLOUT):
+            raise DeadlineExceeded(f"no reply from {self.addr} within {limit:g} s")
+        self._sock.send_multipart([corr, b"", payload], zmq.NOBLOCK)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._sock.poll(remaining * 1000, zmq.POLLIN):
-                raise DeadlineExceeded(
-                    f"no reply from {self.addr} within {self.timeout if timeout is None else timeout:g} s"
-                )
+                raise DeadlineExceeded(f"no reply from {self.addr} within {limit:g} s")
             frames = self._sock.recv_multipart()
             if frames[0] == corr:
                 return _DECODE_ANY[detect_encoding(frames[-1])].decode(frames[-1])
@@ -191,8 +193,8 @@ class AsyncClient:
         self._pending[corr] = future
         limit = self.timeout if timeout is None else timeout
         try:
-            await self._sock.send_multipart([corr, b"", payload])
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(limit):  # the send too: it waits while the daemon is not reachable
+                await self._sock.send_multipart([corr, b"", payload])
                 return await future
         except TimeoutError:
             raise DeadlineExceeded(f"no reply from {self.addr} within {limit:g} s") from None
