@@ -3,11 +3,15 @@
 Requests are handled concurrently: methods the front door owns are answered inline, the others are forwarded
 to their owning actor as an ask. Every failure is a reply with `success: false`, a `msg` naming the problem
 and a stable `error_code`; nothing a client sends can stop the daemon.
+
+While the daemon starts its actors, `status` is answered at once and the other requests wait until the actors
+are up (`open`): a client that connects the moment the daemon answers never meets an actor not started yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -15,7 +19,7 @@ from typing import Any
 import zmq
 
 from stationd.actors.base import set_checkpoint
-from stationd.protocol.errors import InternalError, StationError
+from stationd.protocol.errors import DeadlineExceeded, InternalError, StationError
 from stationd.protocol.frontdoor import ErrorReply, error_reply
 from stationd.protocol.methods import FRONT_DOOR, Method
 from stationd.protocol.system import ConfigGetParams, ConfigGetReply, PingParams, StatusParams
@@ -28,6 +32,17 @@ from .socket_reader import SocketReader
 from .status import StatusBoard
 
 __all__ = ["FrontDoor"]
+
+_Request = tuple[list[bytes], Codec, Method, Any, "Identity | None"]
+"""A decoded request: (routing prefix, codec, method, params, the client's CurveZMQ identity)."""
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Held:
+    """A request waiting for the actors to start, and the timer that gives up on it."""
+
+    request: _Request
+    timer: asyncio.TimerHandle | None = None
 
 
 class FrontDoor:
@@ -72,6 +87,8 @@ class FrontDoor:
         self.addr = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._reader = SocketReader(self._sock, self._on_request, copy=curve is None)
         self._serving = False
+        self._held: list[_Held] | None = []
+        """Requests for actors received before `open` (None once open)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[None] | None = None
         """Runs while the socket is served; ends with the error that stopped it."""
@@ -81,8 +98,19 @@ class FrontDoor:
         self.task = self._loop.create_task(self._reader.serve(), name="front_door")
         set_checkpoint(self._serve_waiting)
 
+    def open(self) -> None:
+        """The actor tree has started: forward the requests held until now, in the order they came."""
+        held, self._held = self._held or [], None
+        for h in held:
+            if h.timer is not None:
+                h.timer.cancel()
+            self._forward(*h.request)
+
     async def close(self) -> None:
         set_checkpoint(None)
+        for h in self._held or []:
+            if h.timer is not None:
+                h.timer.cancel()
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
@@ -128,7 +156,28 @@ class FrontDoor:
             return
         if method.owner == FRONT_DOOR:
             self._send(prefix, codec, self._answer_locally(params))
-            return
+        elif self._held is not None:
+            self._hold((prefix, codec, method, params, identity))
+        else:
+            self._forward(prefix, codec, method, params, identity)
+
+    def _hold(self, request: _Request) -> None:
+        assert self._loop is not None and self._held is not None
+        held = _Held(request)
+        held.timer = self._loop.call_later(self._timeout, self._expire, held)
+        self._held.append(held)
+
+    def _expire(self, held: _Held) -> None:
+        """A request held for the whole request timeout: the actors are still starting."""
+        if self._held is not None and held in self._held:
+            self._held.remove(held)
+            prefix, codec = held.request[:2]
+            err = DeadlineExceeded(f"the daemon is still starting its actors after {self._timeout:g} s")
+            self._send(prefix, codec, error_reply(err))
+
+    def _forward(
+        self, prefix: list[bytes], codec: Codec, method: Method, params: Any, identity: Identity | None
+    ) -> None:
         try:
             ask = self._mailbox.ask_future(
                 method.owner,

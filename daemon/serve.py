@@ -178,6 +178,7 @@ class _Daemon:
         gc.freeze()
         gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         self.board.set_daemon_state("running")
+        self.front.open()
         processes = len(self.runtime.running_pids())
         control, info = self.front.addr, self.config.info_addr
         notify("READY=1", f"STATUS=running: control {control}, info {info}, {processes} child processes")

@@ -32,7 +32,8 @@ TEST_METHODS = method_table(
 )
 
 
-async def open_front_door(harness: Harness, curve: CurveServer | None = None) -> tuple[FrontDoor, str]:
+def make_front_door(harness: Harness, curve: CurveServer | None = None) -> tuple[FrontDoor, str]:
+    """A started front door (serving, its actors not declared up yet) and its address."""
     mailbox = Mailbox(harness.zctx, harness.settings.inproc_addr, "front_door", on_request=lambda _r: None)
     mailbox.start()
     harness.runtime.register_mailbox(mailbox)
@@ -50,6 +51,12 @@ async def open_front_door(harness: Harness, curve: CurveServer | None = None) ->
         log=None,
     )
     front.start()
+    return front, addr
+
+
+async def open_front_door(harness: Harness, curve: CurveServer | None = None) -> tuple[FrontDoor, str]:
+    front, addr = make_front_door(harness, curve)
+    front.open()
     return front, addr
 
 
@@ -81,6 +88,46 @@ async def test_a_slow_method_does_not_block_other_requests(front: str) -> None:
         "msg": "probe did not answer 'probe_block' within 0.5 s",
         "error_code": "timeout",
     }
+
+
+async def test_requests_for_actors_wait_until_the_actors_are_up(harness: Harness) -> None:
+    """A client may connect the moment the daemon answers `status`, before the tree has started: its other
+    requests wait for `open` and are forwarded in the order they came, instead of meeting no actor."""
+    door, addr = make_front_door(harness)
+    client = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(addr)
+    try:
+        for i in range(3):
+            await client.send_multipart(
+                [b"", json.dumps({"method": "probe_echo", "params": {"text": f"early {i}"}}).encode()]
+            )
+        await client.send_multipart([b"", b'{"method": "status"}'])
+        # one connection is read in order: the status reply comes first, the three requests before it wait
+        status = json.loads((await client.recv_multipart())[-1])
+        assert status["daemon_state"] == "starting" and "manager_state" in status
+        assert not await client.poll(0)
+        await harness.start_tree(ActorSpec(name="probe", actor="tests.support.actors:Probe"))
+        door.open()
+        replies = [json.loads((await client.recv_multipart())[-1]) for _ in range(3)]
+        assert [(r["success"], r["text"]) for r in replies] == [(True, f"early {i}") for i in range(3)]
+    finally:
+        client.close()
+        await door.close()
+
+
+async def test_a_request_held_while_the_actors_never_start_times_out(harness: Harness) -> None:
+    door, addr = make_front_door(harness)  # request_timeout=0.5 and never opened
+    try:
+        async with AsyncClient(addr, timeout=3) as client:
+            reply = await client.request_raw("probe_echo", {"text": "too early"})
+        assert reply == {
+            "success": False,
+            "msg": "the daemon is still starting its actors after 0.5 s",
+            "error_code": "timeout",
+        }
+    finally:
+        await door.close()
 
 
 async def test_a_method_whose_actor_stopped_gets_actor_stopped(harness: Harness, front: str) -> None:
