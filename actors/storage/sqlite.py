@@ -732,16 +732,17 @@ class SQLiteStore:
         return rows.records
 
     def _rids(self, conn: sqlite3.Connection, layout: _Layout, ids: Sequence[Any]) -> dict[Any, int]:
+        """id -> row key of the ids that exist (in the order of `ids`), looked up 500 at a time."""
         c = layout.coll
         kind = c.fields[c.id_field].kind
-        found: dict[Any, int] = {}
-        for i in ids:
-            row = conn.execute(
-                f'SELECT _rid FROM "{c.name}" WHERE {id_column(c)} = ?', [to_column(kind, i)]
-            ).fetchone()
-            if row is not None:
-                found[i] = row[0]
-        return found
+        ids_by_key = {to_column(kind, i): i for i in ids}
+        keys, key = list(ids_by_key), id_column(c)
+        rid_by_key: dict[Any, int] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            sql = f'SELECT {key}, _rid FROM "{c.name}" WHERE {key} IN ({",".join("?" * len(chunk))})'
+            rid_by_key.update(conn.execute(sql, chunk))
+        return {i: rid_by_key[k] for k, i in ids_by_key.items() if k in rid_by_key}
 
     def _replace(
         self, conn: sqlite3.Connection, layout: _Layout, records: Sequence[Any], *, create: bool
