@@ -32,8 +32,8 @@ class DocumentSender:
     """Publishes documents on `doc.<name>` and tells them to the observation store, in the order they came,
     in batches: those that arrive within `linger` seconds of the first go together. The actor calls `flush`
     before telling anything that must come after them (the plan's end) and when it stops, or hands such a
-    tell to `then`. A failure to send
-    is logged, never raised: publishing and storing documents must not stop a plan."""
+    tell to `then`. A failure to send is logged, never raised: publishing and storing documents must not
+    stop a plan."""
 
     def __init__(self, ctx: ActorContext, *, linger: float = LINGER_S) -> None:
         self._ctx = ctx

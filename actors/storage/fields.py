@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 from msgspec import inspect as mi
 
-__all__ = ["Field", "Kind", "column_converter", "fields_of", "to_column"]
+__all__ = ["EPOCH", "MICROSECOND", "Field", "Kind", "column_converter", "fields_of", "to_column"]
 
 
 class Kind(StrEnum):
@@ -108,7 +108,7 @@ def to_column(kind: Kind, value: Any) -> Any:
         case Kind.DATETIME:
             if value.tzinfo is None:
                 value = value.replace(tzinfo=datetime.UTC)
-            return (value - _EPOCH) // _MICROSECOND
+            return (value - EPOCH) // MICROSECOND
         case Kind.UUID:
             return str(value)
         case Kind.BOOL:
@@ -121,8 +121,9 @@ def to_column(kind: Kind, value: Any) -> Any:
             return value
 
 
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_MICROSECOND = datetime.timedelta(microseconds=1)
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+MICROSECOND = datetime.timedelta(microseconds=1)
+"""A time column holds (time - EPOCH) // MICROSECOND."""
 
 
 def column_converter(kind: Kind) -> Callable[[Any], Any] | None:
@@ -138,7 +139,7 @@ def _micros(value: datetime.datetime | None) -> int | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=datetime.UTC)
-    return (value - _EPOCH) // _MICROSECOND
+    return (value - EPOCH) // MICROSECOND
 
 
 def _present(value: Any) -> int | None:

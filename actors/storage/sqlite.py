@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import hashlib
 import json
 import operator
@@ -26,7 +25,7 @@ import queue
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -40,7 +39,7 @@ from stationd.protocol.codec import dec_hook, msgpack_decoder, msgpack_encoder
 from stationd.protocol.errors import Conflict, NotFound, StationError, StorageError
 
 from .collection import Collection
-from .fields import Kind, column_converter, to_column
+from .fields import EPOCH, MICROSECOND, Kind, column_converter, to_column
 from .query import Query
 from .sql import Select, column_type, id_column, members_table, select, sets_table
 
@@ -360,18 +359,11 @@ class SQLiteStore:
     async def get_many(self, coll: str, ids: Sequence[Any]) -> list[Any]:
         """The records with these ids that exist, in the order of `ids`."""
         layout = self._layouts[coll]
-        c = layout.coll
-        kind = c.fields[c.id_field].kind
+        kind = layout.coll.fields[layout.coll.id_field].kind
         keys = [to_column(kind, i) for i in ids]
-        key = id_column(c)
 
         def read(conn: sqlite3.Connection) -> list[Any]:
-            found: dict[Any, Any] = {}
-            for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
-                wanted = ",".join("?" * len(chunk))
-                sql = f'SELECT {key}, doc, _doc_fields FROM "{c.name}" WHERE {key} IN ({wanted})'
-                found.update((k, (doc, n)) for k, doc, n in conn.execute(sql, chunk))
+            found = {k: (doc, n) for k, doc, n in _by_id_column(conn, layout, "doc, _doc_fields", keys)}
             return [layout.decode(*found[k]) for k in keys if k in found]
 
         return await self._read(read)
@@ -733,15 +725,9 @@ class SQLiteStore:
 
     def _rids(self, conn: sqlite3.Connection, layout: _Layout, ids: Sequence[Any]) -> dict[Any, int]:
         """id -> row key of the ids that exist (in the order of `ids`), looked up 500 at a time."""
-        c = layout.coll
-        kind = c.fields[c.id_field].kind
+        kind = layout.coll.fields[layout.coll.id_field].kind
         ids_by_key = {to_column(kind, i): i for i in ids}
-        keys, key = list(ids_by_key), id_column(c)
-        rid_by_key: dict[Any, int] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            sql = f'SELECT {key}, _rid FROM "{c.name}" WHERE {key} IN ({",".join("?" * len(chunk))})'
-            rid_by_key.update(conn.execute(sql, chunk))
+        rid_by_key = dict(_by_id_column(conn, layout, "_rid", list(ids_by_key)))
         return {i: rid_by_key[k] for k, i in ids_by_key.items() if k in rid_by_key}
 
     def _replace(
@@ -974,6 +960,19 @@ def _same(value: Any) -> Any:
     return value
 
 
+def _by_id_column(
+    conn: sqlite3.Connection, layout: _Layout, columns: str, keys: list[Any]
+) -> Iterator[tuple[Any, ...]]:
+    """(id column, *`columns`) of the rows whose id column is among `keys` (SQL values), 500 keys a query."""
+    c = layout.coll
+    key = id_column(c)
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        yield from conn.execute(
+            f'SELECT {key}, {columns} FROM "{c.name}" WHERE {key} IN ({",".join("?" * len(chunk))})', chunk
+        )
+
+
 def _as_decoded(type_: Any, value: Any) -> Any:
     """`dec_hook` of an array doc's values turned into the record: they were decoded already (a numpy array,
     a complex number)."""
@@ -989,7 +988,7 @@ def _array_keys(arrays: list[Any]) -> list[bytes]:
 def _micros(values: list[Any]) -> list[Any]:
     """Times as integer microseconds since the epoch (naive ones taken as UTC)."""
     try:  # aware times, the usual case: no Python call per value
-        return list(map(operator.floordiv, map(operator.sub, values, repeat(_EPOCH)), repeat(_MICROSECOND)))
+        return list(map(operator.floordiv, map(operator.sub, values, repeat(EPOCH)), repeat(MICROSECOND)))
     except TypeError:  # None or naive times among them
         return [to_column(Kind.DATETIME, v) for v in values]
 
@@ -1016,8 +1015,6 @@ _COLUMN_VALUES: dict[Kind, Callable[[list[Any]], list[Any]]] = {
     Kind.ANY: lambda values: [None if v is None else 1 for v in values],  # only whether it is null is asked
 }
 _ENCODE_ARRAY = msgpack_encoder().encode
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_MICROSECOND = datetime.timedelta(microseconds=1)
 
 
 _WRITE_ERRORS = (
