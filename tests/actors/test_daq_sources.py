@@ -52,6 +52,7 @@ from stationd.protocol.errors import (
     StationError,
     UnknownActor,
 )
+from tests.support.daemon import free_port
 from tests.support.daq import ExternalSource, start_example_source, stop_process
 
 ENCODER = msgpack_encoder()
@@ -569,10 +570,9 @@ async def test_zmq_source_late_reply_of_a_cancelled_request_is_ignored_by_the_ne
 async def test_zmq_source_reaches_a_source_that_starts_listening_after_a_timeout(
     zctx: zmq.asyncio.Context, closing: list[ZmqSource]
 ) -> None:
-    probe = zctx.socket(zmq.ROUTER)
-    probe.bind("tcp://127.0.0.1:*")
-    addr = probe.getsockopt_string(zmq.LAST_ENDPOINT)
-    probe.close(linger=0)
+    # a port nobody listens on; not from a ZMQ socket bound and closed: its I/O thread closes the listener
+    # later, and the source's first connection could reach it and lose the start
+    addr = f"tcp://127.0.0.1:{free_port()}"
     src = ZmqSource(SourceAddress("cam", addr, "primary"), "daq-1", zctx)
     closing.append(src)
     with pytest.raises(TimeoutError):
